@@ -1,0 +1,1 @@
+//! Reference Khala dev server.
