@@ -1,1 +1,10 @@
-//! khala-sync
+//! # khala-sync
+//!
+//! An embedded client sync SDK that keeps an app's local copy of server-side Khala topics
+//! exactly in step with the server. See the repository README and `docs/ARCHITECTURE.md`.
+//!
+//! Layers follow the data path: [`protocol`] (wire codecs) → [`engine`] (sans-IO state
+//! machine) → [`store`] (documents + watermarks, committed together) → driver → API.
+
+pub mod protocol;
+pub mod store;

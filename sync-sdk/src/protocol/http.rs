@@ -1,0 +1,129 @@
+//! HTTP bodies besides the token: snapshot pages (§3), hydration (§4), error bodies.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{DecodeLimits, DocKey, PayloadHash, ProtocolError, Topic, Watermark};
+
+/// Snapshot route prefix: `GET {base}/api/sync/snapshot/{topic}`.
+pub const SNAPSHOT_PATH: &str = "/api/sync/snapshot";
+/// Hydration route prefix: `GET {base}/api/sync/doc/{topic}/{doc_key}`.
+pub const DOC_PATH: &str = "/api/sync/doc";
+
+/// One document of a snapshot page (always inline).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnapshotDoc {
+    /// Key.
+    pub doc_key: DocKey,
+    /// Version.
+    pub doc_version: u64,
+    /// Payload as raw JSON (`None` = JSON null).
+    #[serde(default)]
+    pub payload: Option<Box<RawValue>>,
+    /// Expected hash (`None` = no check).
+    #[serde(default)]
+    pub payload_hash: Option<PayloadHash>,
+}
+
+/// A snapshot page; every page of one snapshot is pinned to `snapshot_watermark`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnapshotPage {
+    /// The topic.
+    pub topic: Topic,
+    /// The watermark the whole snapshot describes.
+    pub snapshot_watermark: Watermark,
+    /// Documents of this page.
+    pub docs: Vec<SnapshotDoc>,
+    /// Cursor of the next page; `None` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// The hydration route's answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DocResponse {
+    /// Key.
+    pub doc_key: DocKey,
+    /// Latest version on the server (may be newer than the update that asked).
+    pub doc_version: u64,
+    /// Full payload.
+    #[serde(default)]
+    pub payload: Option<Box<RawValue>>,
+    /// Hash of this version's payload.
+    #[serde(default)]
+    pub payload_hash: Option<PayloadHash>,
+    /// Watermark of this version.
+    #[serde(default)]
+    pub watermark: Option<Watermark>,
+}
+
+/// `{"message": …, "error": {"code": …, "message": …}}` (also tolerates `{"error": "code"}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpErrorBody {
+    /// Machine code, e.g. `unauthorized`, `invalid_scope`.
+    pub code: Option<String>,
+    /// Human message.
+    pub message: Option<String>,
+}
+
+/// Decodes a snapshot page.
+pub fn decode_snapshot_page(body: &str, limits: &DecodeLimits) -> Result<SnapshotPage, ProtocolError> {
+    limits.check("snapshot page", body.len())?;
+    serde_json::from_str(body).map_err(|e| ProtocolError::json("snapshot page", e))
+}
+
+/// Decodes a hydration response.
+pub fn decode_doc_response(body: &str, limits: &DecodeLimits) -> Result<DocResponse, ProtocolError> {
+    limits.check("doc response", body.len())?;
+    serde_json::from_str(body).map_err(|e| ProtocolError::json("doc response", e))
+}
+
+/// Best-effort decode of an error body; never fails (unknown shapes give empty fields).
+pub fn decode_error_body(body: &str) -> HttpErrorBody {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ErrorField {
+        Obj {
+            #[serde(default)]
+            code: Option<String>,
+            #[serde(default)]
+            message: Option<String>,
+        },
+        Code(String),
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        error: Option<ErrorField>,
+    }
+    if body.len() > 64 * 1024 {
+        return HttpErrorBody { code: None, message: None };
+    }
+    match serde_json::from_str::<Body>(body) {
+        Ok(b) => {
+            let (code, inner_msg) = match b.error {
+                Some(ErrorField::Obj { code, message }) => (code, message),
+                Some(ErrorField::Code(c)) => (Some(c), None),
+                None => (None, None),
+            };
+            HttpErrorBody {
+                code,
+                message: inner_msg.or(b.message),
+            }
+        }
+        Err(_) => HttpErrorBody { code: None, message: None },
+    }
+}
+
+/// Percent-encodes one path segment (RFC 3986 unreserved kept; `/` becomes `%2F`).
+pub fn encode_segment(s: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(s, SEGMENT).to_string()
+}

@@ -1,0 +1,268 @@
+//! Dialect-neutral updates and server errors: what the engine consumes, whichever wire
+//! dialect delivered them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{DocKey, PayloadHash, Topic, Watermark};
+
+/// One change to one document at one position of a topic's sequence (PROTOCOL.md §2.3).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Update {
+    /// The topic.
+    pub topic: Topic,
+    /// Document key inside the topic.
+    pub doc_key: DocKey,
+    /// Per-document version; never regresses locally.
+    pub doc_version: u64,
+    /// Inline payload as raw JSON text. `None` when the wire said `null` or omitted it
+    /// (tombstones, hydration-required updates).
+    #[serde(default)]
+    pub payload: Option<Box<RawValue>>,
+    /// Expected hash of the payload; `None` = no check.
+    #[serde(default)]
+    pub payload_hash: Option<PayloadHash>,
+    /// Position of this update in the topic sequence.
+    pub watermark: Watermark,
+    /// The payload is too large to inline: fetch it from the doc route (§4).
+    #[serde(default)]
+    pub hydration_required: bool,
+    /// Tombstone: the document is removed (khala-sync extension).
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// A `{topic, watermark}` pair as servers report them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicWatermark {
+    /// The topic.
+    pub topic: Topic,
+    /// Its watermark.
+    pub watermark: Watermark,
+}
+
+/// A page of updates for one topic.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpdateBatch {
+    /// Updates in ascending watermark order (the engine re-checks).
+    pub updates: Vec<Update>,
+    /// True once this batch reaches the topic head (live pushes carry `true`).
+    #[serde(default)]
+    pub replay_complete: bool,
+    /// The server's head per topic at the time of the batch.
+    #[serde(default)]
+    pub head_watermarks: Vec<TopicWatermark>,
+}
+
+/// One stale topic in a `stale_cursor` error.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StaleTopic {
+    /// The topic.
+    pub topic: Topic,
+    /// `retention_floor_breach`, `replay_budget_exceeded` or `cursor_ahead_of_head`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// QoS tier of the topic.
+    #[serde(default)]
+    pub qos_tier: Option<String>,
+    /// The cursor the client asked to resume after.
+    #[serde(default)]
+    pub resume_after: Option<u64>,
+    /// Oldest position the server can still replay after.
+    #[serde(default)]
+    pub retention_floor: Option<u64>,
+    /// The topic's head.
+    #[serde(default)]
+    pub head_watermark: Option<u64>,
+    /// `head - resume_after`.
+    #[serde(default)]
+    pub replay_lag: Option<u64>,
+    /// The tier's replay budget.
+    #[serde(default)]
+    pub replay_budget_events: Option<u64>,
+}
+
+/// `stale_cursor` details (PROTOCOL.md §2.4).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StaleCursor {
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: String,
+    /// Reason codes across all stale topics.
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+    /// The stale topics.
+    #[serde(default)]
+    pub stale_topics: Vec<StaleTopic>,
+    /// Alternative single-topic form some servers push.
+    #[serde(default)]
+    pub topic: Option<Topic>,
+}
+
+impl StaleCursor {
+    /// Every topic named stale, from either form.
+    pub fn topics(&self) -> Vec<Topic> {
+        let mut out: Vec<Topic> = self.stale_topics.iter().map(|t| t.topic.clone()).collect();
+        if let Some(t) = &self.topic {
+            if !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+}
+
+/// `slow_consumer` details.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SlowConsumer {
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: String,
+    /// `throttle` (keep going) or `disconnect` (reconnect after `reconnect_after_ms`).
+    #[serde(default)]
+    pub action: String,
+    /// The topic that overflowed.
+    #[serde(default)]
+    pub topic: Option<Topic>,
+    /// Minimum delay before reconnecting.
+    #[serde(default)]
+    pub reconnect_after_ms: Option<u64>,
+}
+
+impl SlowConsumer {
+    /// The server will drop (or has dropped) the connection.
+    pub fn is_disconnect(&self) -> bool {
+        self.action == "disconnect"
+    }
+}
+
+/// Join refused because this client build/protocol is not supported (§2.1).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct UpgradeRequired {
+    /// The exact compat code (`upgrade_required`, `unsupported_protocol_version`, …).
+    pub code: String,
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: String,
+    /// Oldest supported client build, if the server said.
+    #[serde(default)]
+    pub min_client_build_id: Option<String>,
+    /// Newest supported client build, if the server said.
+    #[serde(default)]
+    pub max_client_build_id: Option<String>,
+}
+
+/// A `sync:error` push or error reply, decoded by `code` (PROTOCOL.md §2.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The server cannot replay from the client's cursor.
+    StaleCursor(StaleCursor),
+    /// The client is not draining fast enough.
+    SlowConsumer(SlowConsumer),
+    /// The token is expired/revoked: fetch a new one and reconnect.
+    ReauthRequired {
+        /// Message.
+        message: String,
+        /// Reason, if given.
+        reason: Option<String>,
+    },
+    /// Some requested topics are not allowed (or unknown).
+    ForbiddenTopic {
+        /// Message.
+        message: String,
+        /// The refused topics.
+        topics: Vec<Topic>,
+    },
+    /// The subscribe/unsubscribe request was malformed (a client bug).
+    BadSubscription {
+        /// Message.
+        message: String,
+    },
+    /// This client must be upgraded; stop syncing.
+    UpgradeRequired(UpgradeRequired),
+    /// The channel topic was wrong (`bad_topic`).
+    BadTopic {
+        /// Message.
+        message: String,
+    },
+    /// A code this client does not know; kept for diagnostics.
+    Other {
+        /// The code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+}
+
+/// Compat codes that all mean "upgrade required" (§2.1).
+pub const UPGRADE_CODES: &[&str] = &[
+    "upgrade_required",
+    "unsupported_protocol_version",
+    "unsupported_schema_version",
+    "invalid_client_build",
+    "unsupported_client_build",
+];
+
+impl ServerError {
+    /// Decodes an error object `{ "code": …, … }`.
+    pub fn from_json(text: &str) -> Result<ServerError, super::ProtocolError> {
+        #[derive(Deserialize)]
+        struct Head {
+            code: String,
+            #[serde(default)]
+            message: String,
+            #[serde(default)]
+            reason: Option<String>,
+            #[serde(default)]
+            forbidden_topics: Vec<Topic>,
+        }
+        let ctx = "sync:error";
+        let head: Head =
+            serde_json::from_str(text).map_err(|e| super::ProtocolError::json(ctx, e))?;
+        let code = head.code.as_str();
+        Ok(match code {
+            "stale_cursor" => ServerError::StaleCursor(
+                serde_json::from_str(text).map_err(|e| super::ProtocolError::json(ctx, e))?,
+            ),
+            "slow_consumer" => ServerError::SlowConsumer(
+                serde_json::from_str(text).map_err(|e| super::ProtocolError::json(ctx, e))?,
+            ),
+            "reauth_required" => ServerError::ReauthRequired {
+                message: head.message,
+                reason: head.reason,
+            },
+            "forbidden_topic" => ServerError::ForbiddenTopic {
+                message: head.message,
+                topics: head.forbidden_topics,
+            },
+            "bad_subscription" => ServerError::BadSubscription {
+                message: head.message,
+            },
+            "bad_topic" => ServerError::BadTopic {
+                message: head.message,
+            },
+            c if UPGRADE_CODES.contains(&c) => ServerError::UpgradeRequired(
+                serde_json::from_str(text).map_err(|e| super::ProtocolError::json(ctx, e))?,
+            ),
+            _ => ServerError::Other {
+                code: head.code,
+                message: head.message,
+            },
+        })
+    }
+
+    /// The wire code.
+    pub fn code(&self) -> &str {
+        match self {
+            ServerError::StaleCursor(_) => "stale_cursor",
+            ServerError::SlowConsumer(_) => "slow_consumer",
+            ServerError::ReauthRequired { .. } => "reauth_required",
+            ServerError::ForbiddenTopic { .. } => "forbidden_topic",
+            ServerError::BadSubscription { .. } => "bad_subscription",
+            ServerError::UpgradeRequired(u) => &u.code,
+            ServerError::BadTopic { .. } => "bad_topic",
+            ServerError::Other { code, .. } => code,
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! In-memory store (placeholder while the real one is written in this session).
+
+/// In-memory store.
+#[derive(Debug, Default)]
+pub struct MemoryStore;
