@@ -7,4 +7,8 @@
 //! machine) → [`store`] (documents + watermarks, committed together) → driver → API.
 
 pub mod protocol;
+pub mod engine;
+pub mod error;
 pub mod store;
+
+pub use error::SyncError;

@@ -1,0 +1,57 @@
+//! Engine configuration with the defaults PROTOCOL.md and the issues ask for.
+
+use std::time::Duration;
+
+use crate::protocol::{DecodeLimits, Topic};
+
+/// Knobs of the sync state machine. `Default` gives the documented production values.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Server origin (scheme://host:port); part of the store's identity.
+    pub server: String,
+    /// Topics to sync, in order.
+    pub topics: Vec<Topic>,
+    /// `replay_batch_size` sent with subscribe (server clamps to 1..=1000). Default 200.
+    pub replay_batch_size: u32,
+    /// Snapshot page size (server clamps to 5000). Default 1000.
+    pub snapshot_page_limit: u32,
+    /// First backoff window. Default 250 ms.
+    pub backoff_base: Duration,
+    /// Largest backoff window. Default 30 s.
+    pub backoff_cap: Duration,
+    /// A connection that stayed joined this long resets the backoff. Default 10 s.
+    pub stable_after: Duration,
+    /// Client `sync:heartbeat` period. Default 20 s.
+    pub heartbeat_interval: Duration,
+    /// Silence after which the connection is considered dead. Default 45 s.
+    pub dead_after: Duration,
+    /// Unanswered heartbeats after which the connection is dead. Default 2.
+    pub max_missed_heartbeats: u32,
+    /// Time allowed to open the socket and join. Default 15 s.
+    pub connect_timeout: Duration,
+    /// Frame/body size limits.
+    pub decode_limits: DecodeLimits,
+    /// Seed of the jitter RNG (drivers pass OS randomness; tests a constant).
+    pub seed: u64,
+}
+
+impl EngineConfig {
+    /// Defaults for `server` and `topics`.
+    pub fn new(server: impl Into<String>, topics: Vec<Topic>) -> Self {
+        EngineConfig {
+            server: server.into(),
+            topics,
+            replay_batch_size: 200,
+            snapshot_page_limit: 1000,
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(30),
+            stable_after: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(20),
+            dead_after: Duration::from_secs(45),
+            max_missed_heartbeats: 2,
+            connect_timeout: Duration::from_secs(15),
+            decode_limits: DecodeLimits::default(),
+            seed: 0x6b68_616c_6173_796e,
+        }
+    }
+}

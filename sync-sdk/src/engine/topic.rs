@@ -1,0 +1,181 @@
+//! Per-topic sync state.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::{Backoff, Change, ConnId, Millis, TopicPhase, TopicStatus};
+use crate::error::SyncError;
+use crate::protocol::{Topic, Update, Watermark};
+use crate::store::{ApplyBatch, SnapshotGen};
+
+/// What to do once the current batch is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FollowUp {
+    None,
+    /// A gap: replay from the committed watermark.
+    Resubscribe,
+    /// A hash mismatch: resync the topic from a snapshot (once).
+    Snapshot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RetryKind {
+    Snapshot,
+    Resubscribe,
+}
+
+#[derive(Debug)]
+pub(super) struct Inflight {
+    #[allow(dead_code)]
+    pub new_watermark: Watermark,
+    pub changes: Vec<Change>,
+    pub follow: FollowUp,
+}
+
+#[derive(Debug)]
+pub(super) struct Hydration {
+    pub batch: ApplyBatch,
+    /// Indices of writes still waiting for their payload.
+    pub waiting: Vec<usize>,
+    pub follow: FollowUp,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct SnapState {
+    pub generation: Option<SnapshotGen>,
+    pub cursor: Option<String>,
+    pub pinned: Option<Watermark>,
+    pub docs: u64,
+    pub finishing: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct TopicState {
+    pub topic: Topic,
+    pub phase: TopicPhase,
+    /// Watermark the store has committed (never ahead of disk).
+    pub committed: Watermark,
+    pub head: Option<Watermark>,
+    /// Committed watermark when the current subscribe was sent (progress origin).
+    pub replay_from: Watermark,
+    pub subscribed_on: Option<ConnId>,
+    /// A subscribe is in flight; gaps until its reply are expected and not resubscribed.
+    pub resubscribe_pending: bool,
+    pub inflight: Option<Inflight>,
+    pub hydration: Option<Hydration>,
+    pub queue: VecDeque<Vec<Update>>,
+    pub needs_snapshot: bool,
+    pub snapshot: Option<SnapState>,
+    /// Snapshots completed in the current stale episode (reset when the topic goes live).
+    pub stale_streak: u32,
+    pub snapshot_backoff: Backoff,
+    pub hash_resyncs: u32,
+    /// No snapshot route: subscribed without `resume_after`.
+    pub window_resync: bool,
+    /// Accept the first replayed position even if it jumps (window resync).
+    pub accept_jump: bool,
+    pub retry_at: Option<Millis>,
+    pub retry_kind: RetryKind,
+    pub error: Option<SyncError>,
+}
+
+impl TopicState {
+    pub fn new(topic: Topic, base: Duration, cap: Duration) -> Self {
+        TopicState {
+            topic,
+            phase: TopicPhase::Idle,
+            committed: Watermark::ZERO,
+            head: None,
+            replay_from: Watermark::ZERO,
+            subscribed_on: None,
+            resubscribe_pending: false,
+            inflight: None,
+            hydration: None,
+            queue: VecDeque::new(),
+            needs_snapshot: false,
+            snapshot: None,
+            stale_streak: 0,
+            snapshot_backoff: Backoff::new(base, cap),
+            hash_resyncs: 0,
+            window_resync: false,
+            accept_jump: false,
+            retry_at: None,
+            retry_kind: RetryKind::Resubscribe,
+            error: None,
+        }
+    }
+
+    /// Apply or hydration in flight: new updates wait in the queue.
+    pub fn busy(&self) -> bool {
+        self.inflight.is_some() || self.hydration.is_some()
+    }
+
+    pub fn ready_to_subscribe(&self) -> bool {
+        !self.needs_snapshot
+            && self.snapshot.is_none()
+            && self.retry_at.is_none()
+            && matches!(
+                self.phase,
+                TopicPhase::Idle | TopicPhase::Subscribing | TopicPhase::Replaying | TopicPhase::Live
+            )
+    }
+
+    pub fn is_settled(&self) -> bool {
+        matches!(self.phase, TopicPhase::Live | TopicPhase::Failed)
+    }
+
+    /// The connection this topic was subscribed on is gone.
+    pub fn detach_from(&mut self, id: ConnId) {
+        if self.subscribed_on == Some(id) {
+            self.subscribed_on = None;
+            self.resubscribe_pending = false;
+            self.queue.clear();
+            self.hydration = None;
+            if matches!(
+                self.phase,
+                TopicPhase::Subscribing | TopicPhase::Replaying | TopicPhase::Live
+            ) {
+                self.phase = TopicPhase::Idle;
+            }
+        }
+    }
+
+    /// Everything network-bound stops (pause, shutdown, auth failure).
+    pub fn detach(&mut self) {
+        self.subscribed_on = None;
+        self.resubscribe_pending = false;
+        self.queue.clear();
+        self.hydration = None;
+        self.snapshot = None;
+        self.retry_at = None;
+        if self.phase != TopicPhase::Failed {
+            self.phase = TopicPhase::Idle;
+        }
+    }
+
+    pub fn status(&self) -> TopicStatus {
+        let progress = match self.phase {
+            TopicPhase::Live => Some(1.0),
+            TopicPhase::Replaying | TopicPhase::Subscribing => match self.head {
+                Some(h) if h > self.replay_from => {
+                    let done = self.committed.get().saturating_sub(self.replay_from.get()) as f64;
+                    let total = (h.get() - self.replay_from.get()) as f64;
+                    Some((done / total).clamp(0.0, 1.0) as f32)
+                }
+                Some(_) => Some(1.0),
+                None => None,
+            },
+            _ => None,
+        };
+        TopicStatus {
+            topic: self.topic.clone(),
+            phase: self.phase,
+            watermark: self.committed,
+            head: self.head,
+            replay_progress: progress,
+            snapshot_docs: self.snapshot.as_ref().map_or(0, |s| s.docs),
+            resynced_from_window: self.window_resync,
+            error: self.error.clone(),
+        }
+    }
+}
