@@ -12,3 +12,9 @@ pub mod error;
 pub mod store;
 
 pub use error::SyncError;
+pub mod endpoint;
+
+pub use engine::{Change, ConnectionState, Metrics, SyncStatus, TopicPhase, TopicStatus};
+pub use protocol::{DocKey, Topic, Watermark};
+pub use store::StoredDoc;
+

@@ -1,0 +1,263 @@
+//! The tokio driver: feeds the engine, executes its actions, owns nothing else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::endpoint::Endpoint;
+use crate::engine::{Action, Change, ConnId, Engine, Event, HttpFailure, Metrics, Millis, Notification, SyncStatus};
+use crate::protocol::token::TokenRequest;
+use crate::protocol::DecodeLimits;
+use crate::store::Store;
+
+use super::http;
+use super::ws::{self, WsCmd};
+use super::CredentialProvider;
+
+/// Inputs produced by IO tasks.
+#[derive(Debug)]
+pub(crate) enum IoEvent {
+    Connected(ConnId, mpsc::UnboundedSender<WsCmd>),
+    ConnectFailed(ConnId, HttpFailure),
+    Frame(ConnId, String),
+    Disconnected(ConnId, String),
+    Engine(Event),
+}
+
+/// Inputs from the app.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Pause,
+    Resume,
+    NetworkChanged,
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) struct Driver {
+    pub engine: Engine,
+    pub store: Arc<dyn Store>,
+    pub endpoint: Endpoint,
+    pub http: reqwest::Client,
+    pub credentials: Arc<dyn CredentialProvider>,
+    pub token_request: TokenRequest,
+    pub client_name: String,
+    pub client_build_id: String,
+    pub limits: DecodeLimits,
+    pub io_tx: mpsc::Sender<IoEvent>,
+    pub io_rx: mpsc::Receiver<IoEvent>,
+    pub cmd_rx: mpsc::UnboundedReceiver<Command>,
+    pub status_tx: watch::Sender<SyncStatus>,
+    pub changes_tx: broadcast::Sender<Change>,
+    pub metrics: Arc<Mutex<Metrics>>,
+    pub origin: Instant,
+    pub conns: HashMap<ConnId, mpsc::UnboundedSender<WsCmd>>,
+}
+
+impl Driver {
+    fn now(&self) -> Millis {
+        Millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn feed(&mut self, event: Event) {
+        let now = self.now();
+        self.engine.handle(event, now);
+    }
+
+    pub(crate) async fn run(mut self) {
+        self.feed(Event::Start);
+        let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
+        loop {
+            self.execute().await;
+            if let Some(reply) = shutdown_reply.take() {
+                for (_, tx) in self.conns.drain() {
+                    let _ = tx.send(WsCmd::Close);
+                }
+                let _ = reply.send(());
+                return;
+            }
+            let deadline = self
+                .engine
+                .poll_timeout()
+                .map(|m| self.origin + std::time::Duration::from_millis(m.0));
+            tokio::select! {
+                biased;
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(Command::Pause) => self.feed(Event::Pause),
+                    Some(Command::Resume) => self.feed(Event::Resume),
+                    Some(Command::NetworkChanged) => self.feed(Event::NetworkChanged),
+                    Some(Command::Shutdown(reply)) => {
+                        self.feed(Event::Shutdown);
+                        shutdown_reply = Some(reply);
+                    }
+                    None => {
+                        // Every client handle is gone: stop cleanly.
+                        self.feed(Event::Shutdown);
+                        self.execute().await;
+                        return;
+                    }
+                },
+                io = self.io_rx.recv() => {
+                    if let Some(io) = io {
+                        self.on_io(io);
+                    }
+                }
+                () = sleep_until(deadline) => self.feed(Event::Timer),
+            }
+        }
+    }
+
+    fn on_io(&mut self, io: IoEvent) {
+        match io {
+            IoEvent::Connected(id, tx) => {
+                self.conns.insert(id, tx);
+                self.feed(Event::Connected(id));
+            }
+            IoEvent::ConnectFailed(id, f) => self.feed(Event::ConnectFailed(id, f)),
+            IoEvent::Frame(id, text) => self.feed(Event::Frame(id, text)),
+            IoEvent::Disconnected(id, reason) => {
+                self.conns.remove(&id);
+                self.feed(Event::Disconnected(id, reason));
+            }
+            IoEvent::Engine(ev) => self.feed(ev),
+        }
+    }
+
+    /// Runs every pending action. Store work is awaited here, in order, so a batch is
+    /// committed (or rolled back) before the next event is looked at.
+    async fn execute(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::FetchToken => self.spawn_token_fetch(),
+                Action::BindIdentity(identity) => {
+                    let r = match self.store.bind_identity(identity).await {
+                        Ok(_) => self.store.watermarks().await,
+                        Err(e) => Err(e),
+                    };
+                    self.feed(Event::IdentityBound(r));
+                }
+                Action::Connect { conn, token } => {
+                    let url = self
+                        .endpoint
+                        .socket_url(&token, &self.client_name, &self.client_build_id);
+                    tracing::debug!(conn = conn.0, "connecting");
+                    tokio::spawn(ws::run_connection(
+                        conn,
+                        url,
+                        self.limits.max_frame_bytes,
+                        self.io_tx.clone(),
+                    ));
+                }
+                Action::Send { conn, text } => {
+                    if let Some(tx) = self.conns.get(&conn) {
+                        let _ = tx.send(WsCmd::Send(text));
+                    }
+                }
+                Action::Close(conn) => {
+                    if let Some(tx) = self.conns.remove(&conn) {
+                        let _ = tx.send(WsCmd::Close);
+                    }
+                }
+                Action::Apply(batch) => {
+                    let topic = batch.topic.clone();
+                    let r = self.store.apply(batch).await;
+                    self.feed(Event::Applied(topic, r));
+                }
+                Action::BeginSnapshot(topic) => {
+                    let r = self.store.begin_snapshot(topic.clone()).await;
+                    self.feed(Event::SnapshotBegun(topic, r));
+                }
+                Action::FetchSnapshotPage {
+                    topic,
+                    cursor,
+                    limit,
+                    token,
+                } => {
+                    let url = self.endpoint.snapshot_url(&topic, cursor.as_deref(), limit);
+                    let http = self.http.clone();
+                    let tx = self.io_tx.clone();
+                    let limits = self.limits;
+                    tokio::spawn(async move {
+                        let r = http::fetch_snapshot_page(&http, &url, &token, &limits).await;
+                        let _ = tx
+                            .send(IoEvent::Engine(Event::SnapshotPageFetched(topic, r)))
+                            .await;
+                    });
+                }
+                Action::StoreSnapshotPage {
+                    topic,
+                    generation,
+                    docs,
+                    finish,
+                } => {
+                    let mut r = self
+                        .store
+                        .put_snapshot_page(topic.clone(), generation, docs)
+                        .await;
+                    if let (Ok(()), Some(w)) = (&r, finish) {
+                        r = self.store.finish_snapshot(topic.clone(), generation, w).await;
+                    }
+                    self.feed(Event::SnapshotPageStored(topic, r));
+                }
+                Action::FetchDoc {
+                    topic,
+                    doc_key,
+                    token,
+                } => {
+                    let url = self.endpoint.doc_url(&topic, &doc_key);
+                    let http = self.http.clone();
+                    let tx = self.io_tx.clone();
+                    let limits = self.limits;
+                    tokio::spawn(async move {
+                        let r = http::fetch_doc(&http, &url, &token, &limits).await;
+                        let _ = tx
+                            .send(IoEvent::Engine(Event::DocFetched(topic, doc_key, r)))
+                            .await;
+                    });
+                }
+                Action::Notify(Notification::Status(s)) => {
+                    tracing::debug!(state = ?s.state, "status");
+                    self.status_tx.send_replace(s);
+                }
+                Action::Notify(Notification::Changes(changes)) => {
+                    for c in changes {
+                        // No receivers is fine: nobody is listening.
+                        let _ = self.changes_tx.send(c);
+                    }
+                }
+            }
+        }
+        if let Ok(mut m) = self.metrics.lock() {
+            m.clone_from(self.engine.metrics());
+        }
+    }
+
+    fn spawn_token_fetch(&self) {
+        let http = self.http.clone();
+        let url = self.endpoint.token_url();
+        let creds = Arc::clone(&self.credentials);
+        let req = self.token_request.clone();
+        let tx = self.io_tx.clone();
+        let limits = self.limits;
+        tokio::spawn(async move {
+            let r = match creds.headers().await {
+                Ok(headers) => http::fetch_token(&http, &url, headers, &req, &limits).await,
+                Err(message) => Err(HttpFailure::Status {
+                    status: 401,
+                    code: Some("credentials_unavailable".into()),
+                    message,
+                    retry_after: None,
+                }),
+            };
+            let _ = tx.send(IoEvent::Engine(Event::TokenFetched(r))).await;
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

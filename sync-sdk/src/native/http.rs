@@ -1,0 +1,141 @@
+//! HTTP calls of the native driver (reqwest + rustls): token, snapshot pages, hydration.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+
+use crate::engine::HttpFailure;
+use crate::protocol::http::{decode_doc_response, decode_error_body, decode_snapshot_page, DocResponse, SnapshotPage};
+use crate::protocol::token::{decode_token_response, SyncToken, TokenGrant, TokenRequest};
+use crate::protocol::DecodeLimits;
+
+/// Reads a body with a size cap (never buffers more than `limit` + one chunk).
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<String, HttpFailure> {
+    if let Some(len) = resp.content_length() {
+        if len > limit as u64 {
+            return Err(HttpFailure::Decode(crate::protocol::ProtocolError::TooLarge {
+                context: "http body",
+                size: usize::try_from(len).unwrap_or(usize::MAX),
+                limit,
+            }));
+        }
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(HttpFailure::Decode(crate::protocol::ProtocolError::TooLarge {
+                context: "http body",
+                size: buf.len() + chunk.len(),
+                limit,
+            }));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| {
+        HttpFailure::Decode(crate::protocol::ProtocolError::Malformed {
+            context: "http body",
+            detail: "not UTF-8".into(),
+        })
+    })
+}
+
+fn transport(e: reqwest::Error) -> HttpFailure {
+    // `without_url`: URLs never appear in errors (they may carry cursors or keys).
+    HttpFailure::Transport(e.without_url().to_string())
+}
+
+async fn failure(resp: reqwest::Response) -> HttpFailure {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = read_capped(resp, 64 * 1024).await.unwrap_or_default();
+    let parsed = decode_error_body(&body);
+    HttpFailure::Status {
+        status,
+        code: parsed.code,
+        message: parsed.message.unwrap_or_default(),
+        retry_after,
+    }
+}
+
+/// `POST /api/sync/token` with the app's credential headers.
+pub(crate) async fn fetch_token(
+    http: &reqwest::Client,
+    url: &str,
+    app_headers: Vec<(String, String)>,
+    request: &TokenRequest,
+    limits: &DecodeLimits,
+) -> Result<TokenGrant, HttpFailure> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in app_headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| HttpFailure::Transport(format!("invalid credential header name {k:?}")))?;
+        let mut value = HeaderValue::from_str(&v)
+            .map_err(|_| HttpFailure::Transport("invalid credential header value".into()))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    let resp = http
+        .post(url)
+        .headers(headers)
+        .json(request)
+        .send()
+        .await
+        .map_err(transport)?;
+    if !resp.status().is_success() {
+        return Err(failure(resp).await);
+    }
+    let body = read_capped(resp, limits.max_frame_bytes).await?;
+    decode_token_response(&body, limits).map_err(HttpFailure::Decode)
+}
+
+fn bearer(token: &SyncToken) -> Result<HeaderValue, HttpFailure> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| HttpFailure::Transport("token is not a valid header value".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// One snapshot page.
+pub(crate) async fn fetch_snapshot_page(
+    http: &reqwest::Client,
+    url: &str,
+    token: &SyncToken,
+    limits: &DecodeLimits,
+) -> Result<SnapshotPage, HttpFailure> {
+    let resp = http
+        .get(url)
+        .header(AUTHORIZATION, bearer(token)?)
+        .send()
+        .await
+        .map_err(transport)?;
+    if !resp.status().is_success() {
+        return Err(failure(resp).await);
+    }
+    let body = read_capped(resp, limits.max_frame_bytes).await?;
+    decode_snapshot_page(&body, limits).map_err(HttpFailure::Decode)
+}
+
+/// One document from the hydration route.
+pub(crate) async fn fetch_doc(
+    http: &reqwest::Client,
+    url: &str,
+    token: &SyncToken,
+    limits: &DecodeLimits,
+) -> Result<DocResponse, HttpFailure> {
+    let resp = http
+        .get(url)
+        .header(AUTHORIZATION, bearer(token)?)
+        .send()
+        .await
+        .map_err(transport)?;
+    if !resp.status().is_success() {
+        return Err(failure(resp).await);
+    }
+    let body = read_capped(resp, limits.max_frame_bytes).await?;
+    decode_doc_response(&body, limits).map_err(HttpFailure::Decode)
+}

@@ -1,0 +1,446 @@
+//! The native (tokio) client: [`SyncClient`] and its builder.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), khala_sync::SyncError> {
+//! use futures::StreamExt;
+//! use khala_sync::{SyncClient, Topic};
+//!
+//! let topic = Topic::new("runtime.run_summaries").expect("valid topic");
+//! let client = SyncClient::builder("https://sync.example.com")
+//!     .app_bearer_token("app-session-token")
+//!     .topics([topic.clone()])
+//!     .database_path("khala.db")
+//!     .build()?;
+//! client.start()?;
+//! let mut changes = client.changes(topic.clone());
+//! while let Some(change) = changes.next().await {
+//!     println!("{change:?}");
+//! }
+//! # Ok(()) }
+//! ```
+
+mod driver;
+mod http;
+mod ws;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::endpoint::Endpoint;
+use crate::engine::{Change, Engine, EngineConfig, Metrics, SyncStatus};
+use crate::error::SyncError;
+use crate::protocol::token::TokenRequest;
+use crate::protocol::{DecodeLimits, DocKey, Topic};
+use crate::store::{MemoryStore, SqliteOptions, SqliteStore, Store, StoredDoc};
+
+use driver::{Command, Driver};
+
+/// The future a [`CredentialProvider`] returns: the app's auth headers for the token call,
+/// or a message explaining why there are none (surfaced as an auth error).
+pub type CredentialsFuture =
+    Pin<Box<dyn Future<Output = Result<Vec<(String, String)>, String>> + Send>>;
+
+/// Supplies the app's own credentials (e.g. `Authorization: Bearer <app session>`) for
+/// `POST /api/sync/token`. Called before every token fetch, so it may refresh them.
+pub trait CredentialProvider: Send + Sync + 'static {
+    /// Headers to send.
+    fn headers(&self) -> CredentialsFuture;
+}
+
+impl<F, Fut> CredentialProvider for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<(String, String)>, String>> + Send + 'static,
+{
+    fn headers(&self) -> CredentialsFuture {
+        Box::pin(self())
+    }
+}
+
+struct StaticBearer(String);
+
+impl CredentialProvider for StaticBearer {
+    fn headers(&self) -> CredentialsFuture {
+        let v = format!("Bearer {}", self.0);
+        Box::pin(async move { Ok(vec![("Authorization".to_owned(), v)]) })
+    }
+}
+
+/// Client options with production defaults.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Allow `http://`/`ws://` to non-loopback hosts (never in production). Default false.
+    pub allow_insecure_non_loopback: bool,
+    /// Kill switch: when false, `start()` does nothing. Default true.
+    pub enabled: bool,
+    /// Replay batch size asked of the server. Default 200.
+    pub replay_batch_size: u32,
+    /// Snapshot page size. Default 1000.
+    pub snapshot_page_limit: u32,
+    /// First backoff window. Default 250 ms.
+    pub backoff_base: Duration,
+    /// Largest backoff window. Default 30 s.
+    pub backoff_cap: Duration,
+    /// Client heartbeat period. Default 20 s.
+    pub heartbeat_interval: Duration,
+    /// Silence before the connection counts as dead. Default 45 s.
+    pub dead_after: Duration,
+    /// Frame/body size limit. Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// `client` query parameter. Default `khala-sync-rust`.
+    pub client_name: String,
+    /// `client_build_id` query parameter. Default the crate version.
+    pub client_build_id: String,
+    /// `device_id` sent with the token request.
+    pub device_id: Option<String>,
+    /// `ttl_seconds` sent with the token request (servers accept 60..=900).
+    pub token_ttl_seconds: Option<u32>,
+    /// Explicit scopes for the token request (default: the principal's).
+    pub scopes: Option<Vec<String>>,
+    /// Seed of the backoff jitter (default: random per client).
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            allow_insecure_non_loopback: false,
+            enabled: true,
+            replay_batch_size: 200,
+            snapshot_page_limit: 1000,
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(20),
+            dead_after: Duration::from_secs(45),
+            max_frame_bytes: DecodeLimits::default().max_frame_bytes,
+            client_name: "khala-sync-rust".to_owned(),
+            client_build_id: env!("CARGO_PKG_VERSION").to_owned(),
+            device_id: None,
+            token_ttl_seconds: None,
+            scopes: None,
+            jitter_seed: None,
+        }
+    }
+}
+
+enum StoreChoice {
+    Memory,
+    Path(PathBuf),
+    Custom(Arc<dyn Store>),
+}
+
+/// Builds a [`SyncClient`].
+pub struct SyncClientBuilder {
+    base_url: String,
+    credentials: Option<Arc<dyn CredentialProvider>>,
+    topics: Vec<Topic>,
+    store: StoreChoice,
+    options: ClientOptions,
+}
+
+impl fmt::Debug for SyncClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncClientBuilder")
+            .field("base_url", &self.base_url)
+            .field("topics", &self.topics)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncClientBuilder {
+    /// The app's credential provider (called before every token fetch).
+    pub fn credentials(mut self, provider: impl CredentialProvider) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
+    }
+
+    /// Shorthand for a fixed `Authorization: Bearer <token>` app credential.
+    pub fn app_bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.credentials = Some(Arc::new(StaticBearer(token.into())));
+        self
+    }
+
+    /// Topics to sync.
+    pub fn topics(mut self, topics: impl IntoIterator<Item = Topic>) -> Self {
+        self.topics = topics.into_iter().collect();
+        self
+    }
+
+    /// Persist into a SQLite file at `path` (created if missing).
+    pub fn database_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.store = StoreChoice::Path(path.into());
+        self
+    }
+
+    /// Keep everything in memory (the default; nothing survives a restart).
+    pub fn in_memory(mut self) -> Self {
+        self.store = StoreChoice::Memory;
+        self
+    }
+
+    /// Use a custom store.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = StoreChoice::Custom(store);
+        self
+    }
+
+    /// Options.
+    pub fn options(mut self, options: ClientOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Validates the configuration and opens the store. Does not touch the network.
+    pub fn build(self) -> Result<SyncClient, SyncError> {
+        let endpoint = Endpoint::parse(&self.base_url, self.options.allow_insecure_non_loopback)?;
+        let credentials = self
+            .credentials
+            .ok_or_else(|| SyncError::Config("no credential provider configured".into()))?;
+        if self.topics.is_empty() {
+            return Err(SyncError::Config("no topics configured".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !self.topics.iter().all(|t| seen.insert(t.clone())) {
+            return Err(SyncError::Config("a topic is listed twice".into()));
+        }
+        let store: Arc<dyn Store> = match self.store {
+            StoreChoice::Memory => Arc::new(MemoryStore::default()),
+            StoreChoice::Path(p) => Arc::new(SqliteStore::open(&p, SqliteOptions::default())?),
+            StoreChoice::Custom(s) => s,
+        };
+        let opts = self.options;
+        let mut cfg = EngineConfig::new(endpoint.origin(), self.topics.clone());
+        cfg.replay_batch_size = opts.replay_batch_size;
+        cfg.snapshot_page_limit = opts.snapshot_page_limit;
+        cfg.backoff_base = opts.backoff_base;
+        cfg.backoff_cap = opts.backoff_cap;
+        cfg.heartbeat_interval = opts.heartbeat_interval;
+        cfg.dead_after = opts.dead_after;
+        cfg.decode_limits = DecodeLimits {
+            max_frame_bytes: opts.max_frame_bytes,
+        };
+        cfg.seed = opts.jitter_seed.unwrap_or_else(|| fastrand::u64(..));
+        let engine = Engine::new(cfg.clone());
+        let (status_tx, status_rx) = watch::channel(engine.status());
+        let (changes_tx, _) = broadcast::channel(8192);
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (io_tx, io_rx) = mpsc::channel(256);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| SyncError::Config(format!("HTTP client: {}", e.without_url())))?;
+        let metrics = Arc::new(Mutex::new(Metrics::default()));
+        let driver = Driver {
+            engine,
+            store: Arc::clone(&store),
+            endpoint,
+            http,
+            credentials,
+            token_request: TokenRequest {
+                scopes: opts.scopes.clone(),
+                topics: None,
+                ttl_seconds: opts.token_ttl_seconds,
+                device_id: opts.device_id.clone(),
+            },
+            client_name: opts.client_name.clone(),
+            client_build_id: opts.client_build_id.clone(),
+            limits: cfg.decode_limits,
+            io_tx,
+            io_rx,
+            cmd_rx,
+            status_tx,
+            changes_tx: changes_tx.clone(),
+            metrics: Arc::clone(&metrics),
+            origin: tokio::time::Instant::now(),
+            conns: HashMap::new(),
+        };
+        Ok(SyncClient {
+            inner: Arc::new(Inner {
+                cmd_tx,
+                status_rx,
+                changes_tx,
+                store,
+                metrics,
+                topics: self.topics,
+                enabled: opts.enabled,
+                driver: Mutex::new(Some(driver)),
+                task: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    cmd_tx: mpsc::UnboundedSender<Command>,
+    status_rx: watch::Receiver<SyncStatus>,
+    changes_tx: broadcast::Sender<Change>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Mutex<Metrics>>,
+    topics: Vec<Topic>,
+    enabled: bool,
+    driver: Mutex<Option<Driver>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A running (or ready) sync client. Cheap to clone; all clones control the same client.
+#[derive(Clone)]
+pub struct SyncClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SyncClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncClient")
+            .field("topics", &self.inner.topics)
+            .field("state", &self.inner.status_rx.borrow().state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncClient {
+    /// Starts building a client for the server at `base_url` (`https://…`).
+    pub fn builder(base_url: impl Into<String>) -> SyncClientBuilder {
+        SyncClientBuilder {
+            base_url: base_url.into(),
+            credentials: None,
+            topics: Vec::new(),
+            store: StoreChoice::Memory,
+            options: ClientOptions::default(),
+        }
+    }
+
+    /// Starts syncing in the background (needs a tokio runtime). Calling it twice is a no-op.
+    /// With `enabled: false` it does nothing.
+    pub fn start(&self) -> Result<(), SyncError> {
+        if !self.inner.enabled {
+            return Ok(());
+        }
+        let driver = self
+            .inner
+            .driver
+            .lock()
+            .map_err(|_| SyncError::Shutdown)?
+            .take();
+        if let Some(driver) = driver {
+            let handle = tokio::runtime::Handle::try_current()
+                .map_err(|_| SyncError::Config("start() needs a tokio runtime".into()))?;
+            let task = handle.spawn(driver.run());
+            if let Ok(mut t) = self.inner.task.lock() {
+                *t = Some(task);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pauses network activity (app backgrounded). Local reads keep working.
+    pub fn pause(&self) {
+        let _ = self.inner.cmd_tx.send(Command::Pause);
+    }
+
+    /// Resumes after `pause()` (or after an auth failure, to retry with fresh credentials).
+    pub fn resume(&self) {
+        let _ = self.inner.cmd_tx.send(Command::Resume);
+    }
+
+    /// Tells the client the network changed (reachability): reconnect now, backoff reset.
+    pub fn network_changed(&self) {
+        let _ = self.inner.cmd_tx.send(Command::NetworkChanged);
+    }
+
+    /// Stops syncing. The batch being committed finishes (or rolls back) first — the store
+    /// never holds half a batch. Waits for the background task to end.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.cmd_tx.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let task = self.inner.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// The current status.
+    pub fn current_status(&self) -> SyncStatus {
+        self.inner.status_rx.borrow().clone()
+    }
+
+    /// A stream of statuses: the current one first, then every change (intermediate
+    /// statuses may be skipped if the reader is slow; the latest is always delivered).
+    pub fn status(&self) -> impl Stream<Item = SyncStatus> + Send + 'static {
+        let rx = self.inner.status_rx.clone();
+        futures::stream::unfold((rx, true), |(mut rx, first)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let s = rx.borrow_and_update().clone();
+            Some((s, (rx, false)))
+        })
+    }
+
+    /// A stream of committed changes of `topic`, in commit order. A reader more than 8192
+    /// changes behind skips the oldest and should re-read with [`SyncClient::list`].
+    pub fn changes(&self, topic: Topic) -> impl Stream<Item = Change> + Send + 'static {
+        let rx = self.inner.changes_tx.subscribe();
+        futures::stream::unfold((rx, topic), |(mut rx, topic)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(c) if *c.topic() == topic => return Some((c, (rx, topic))),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "change stream reader lagged");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
+    /// Every change of every topic.
+    pub fn all_changes(&self) -> impl Stream<Item = Change> + Send + 'static {
+        let rx = self.inner.changes_tx.subscribe();
+        futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(c) => return Some((c, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
+    /// One stored document.
+    pub async fn get(&self, topic: Topic, doc_key: DocKey) -> Result<Option<StoredDoc>, SyncError> {
+        Ok(self.inner.store.get(topic, doc_key).await?)
+    }
+
+    /// Every stored document of a topic, sorted by key.
+    pub async fn list(&self, topic: Topic) -> Result<Vec<StoredDoc>, SyncError> {
+        Ok(self.inner.store.list(topic).await?)
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> Metrics {
+        self.inner
+            .metrics
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// The configured topics.
+    pub fn topics(&self) -> &[Topic] {
+        &self.inner.topics
+    }
+}
