@@ -13,8 +13,18 @@ pub mod store;
 
 pub use error::SyncError;
 pub mod endpoint;
+#[cfg(feature = "native")]
+pub mod native;
 
 pub use engine::{Change, ConnectionState, Metrics, SyncStatus, TopicPhase, TopicStatus};
 pub use protocol::{DocKey, Topic, Watermark};
 pub use store::StoredDoc;
 
+#[cfg(feature = "native")]
+pub use native::{ClientOptions, CredentialProvider, CredentialsFuture, SyncClient, SyncClientBuilder};
+
+
+/// Compiles the README's code blocks as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod readme_doctests {}

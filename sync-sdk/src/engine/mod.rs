@@ -1128,6 +1128,18 @@ impl Engine {
                         ts.phase = TopicPhase::Idle;
                         self.send_subscribe(&[i]);
                     }
+                    Some(403) => {
+                        // The token does not grant this topic: it fails alone.
+                        let ts = &mut self.topics[i];
+                        ts.snapshot = None;
+                        ts.needs_snapshot = false;
+                        ts.phase = TopicPhase::Failed;
+                        let err = SyncError::TopicForbidden {
+                            topic: ts.topic.clone(),
+                        };
+                        ts.error = Some(err.clone());
+                        self.last_error = Some(err);
+                    }
                     Some(401) => {
                         self.topics[i].snapshot = None;
                         self.token = None;
