@@ -590,3 +590,36 @@ async fn payload_hash_matches_fixture_vectors() {
     assert_eq!(hashes, want);
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[tokio::test]
+async fn seeded_docs_are_deterministic_and_follow_key_patterns() {
+    let config = DevServerConfig {
+        seed_docs: 40,
+        seed: 7,
+        ..fast_config()
+    };
+    let a = start(config.clone()).await;
+    let b = start(config).await;
+    for t in [RUNS, WORKERS, NOTES, "runtime.codex_worker_events"] {
+        assert_eq!(a.state(t), b.state(t));
+        assert_eq!(a.head(t), 10);
+        let spec = a.config().topic(t).expect("topic").clone();
+        for d in a.state(t) {
+            assert!(d.doc_key.starts_with(&spec.doc_key_prefix), "{}", d.doc_key);
+            assert!((80..=400).contains(&d.payload.len()), "{}", d.payload);
+        }
+    }
+    let live = start(DevServerConfig {
+        seed_docs: 8,
+        rate_per_sec: 200.0,
+        ..fast_config()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let total: u64 = [RUNS, WORKERS, NOTES, "runtime.codex_worker_events"]
+        .iter()
+        .map(|t| live.head(t))
+        .sum();
+    assert!(total > 20, "generator publishes ({total})");
+    live.shutdown().await;
+}
