@@ -65,11 +65,30 @@ pub(crate) async fn ws_handler(
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
+    // Compatibility is judged at join (§2.1 join error codes), from the socket URL.
+    let compat = if params
+        .get("protocol_version")
+        .is_some_and(|v| v != PROTOCOL_VERSION)
+    {
+        Some("unsupported_protocol_version")
+    } else if params.get("schema_version").is_some_and(|v| v != "1") {
+        Some("unsupported_schema_version")
+    } else {
+        None
+    };
     Counters::inc(&shared.counters.connections_accepted);
-    upgrade.on_upgrade(move |socket| run_socket(shared, socket, claims))
+    upgrade.on_upgrade(move |socket| run_socket(shared, socket, claims, compat))
 }
 
-async fn run_socket(shared: Arc<Shared>, socket: WebSocket, claims: SyncClaims) {
+/// The only protocol version served.
+const PROTOCOL_VERSION: &str = "khala.ws.v1";
+
+async fn run_socket(
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    claims: SyncClaims,
+    compat: Option<&'static str>,
+) {
     Counters::inc(&shared.counters.connections_current);
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(shared.config.outbound_queue_limit.max(1));
@@ -96,6 +115,7 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, claims: SyncClaims) 
         ctrl,
         claims,
         allowed,
+        compat,
         join_ref: None,
         subscription_id: None,
         joins: 0,
@@ -234,6 +254,8 @@ struct Conn {
     ctrl: mpsc::UnboundedSender<Outbound>,
     claims: SyncClaims,
     allowed: Vec<String>,
+    /// A compat error code every join answers (bad `protocol_version`/`schema_version`).
+    compat: Option<&'static str>,
     join_ref: Option<String>,
     subscription_id: Option<String>,
     joins: u64,
@@ -423,17 +445,26 @@ impl Conn {
     async fn join(&mut self, frame: &Frame) {
         self.touch();
         let cfg = &self.shared.config;
-        if FaultFlags::get(&self.shared.faults.upgrade_required) {
+        let forced =
+            FaultFlags::get(&self.shared.faults.upgrade_required).then_some("upgrade_required");
+        if let Some(code) = forced.or(self.compat) {
+            let message = match code {
+                "unsupported_protocol_version" => {
+                    "protocol version not supported; upgrade required"
+                }
+                "unsupported_schema_version" => "schema version not supported; upgrade required",
+                _ => "client build is no longer supported; upgrade required",
+            };
             let body = json!({
-                "code": "upgrade_required",
-                "message": "client build is no longer supported; upgrade required",
+                "code": code,
+                "message": message,
                 "retryable": false,
                 "upgrade_required": true,
                 "min_client_build_id": cfg.min_client_build_id,
                 "max_client_build_id": null,
                 "min_schema_version": 1,
                 "max_schema_version": 1,
-                "protocol_version": "khala.ws.v1",
+                "protocol_version": PROTOCOL_VERSION,
             });
             self.reply(frame, false, body).await;
             return;

@@ -61,6 +61,10 @@ impl Client {
         Client { ws, next_ref: 0 }
     }
 
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client { ws, next_ref: 0 }
+    }
+
     /// Connects and joins; returns the client and the join response.
     pub async fn joined(server: &DevServer, token: &str) -> (Client, Value) {
         let mut c = Client::connect(server, token).await;

@@ -480,6 +480,34 @@ async fn upgrade_required_join_error() {
 }
 
 #[tokio::test]
+async fn compat_codes_from_socket_url() {
+    let server = start(fast_config()).await;
+    let base = server.socket_url(&token(&server));
+    for (query, code) in [
+        (
+            "&protocol_version=khala.ws.v2",
+            "unsupported_protocol_version",
+        ),
+        ("&schema_version=2", "unsupported_schema_version"),
+    ] {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("{base}{query}"))
+            .await
+            .expect("upgrade");
+        let mut c = Client::from_stream(ws);
+        let reply = c.join().await;
+        assert_eq!(reply[4]["status"], "error");
+        assert_eq!(reply[4]["response"]["code"], code);
+        assert_eq!(reply[4]["response"]["upgrade_required"], true);
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(format!(
+        "{base}&protocol_version=khala.ws.v1&schema_version=1&client=t&client_build_id=1"
+    ))
+    .await
+    .expect("upgrade");
+    assert_eq!(Client::from_stream(ws).join().await[4]["status"], "ok");
+}
+
+#[tokio::test]
 async fn heartbeat_reply_and_server_heartbeat_push() {
     let server = start(DevServerConfig {
         heartbeat_interval: Duration::from_millis(150),
