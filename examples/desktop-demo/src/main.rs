@@ -118,7 +118,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
         ),
         None => {
             let server = start_local_server(cli, &topics).await?;
-            let url = server.base_url();
+            let url = server.0.base_url();
             if !cli.json {
                 eprintln!("dev server: {url} (app token {})", DevServer::APP_TOKEN);
             }

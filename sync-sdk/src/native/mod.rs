@@ -39,7 +39,7 @@ use crate::engine::{Change, Engine, EngineConfig, Metrics, SyncStatus};
 use crate::error::SyncError;
 use crate::protocol::token::TokenRequest;
 use crate::protocol::{DecodeLimits, DocKey, Topic};
-use crate::store::{MemoryStore, Store, StoredDoc};
+use crate::store::{MemoryStore, SqliteOptions, SqliteStore, Store, StoredDoc};
 
 use driver::{Command, Driver};
 
@@ -214,7 +214,7 @@ impl SyncClientBuilder {
         }
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::default()),
-            StoreChoice::Path(p) => open_sqlite(&p)?,
+            StoreChoice::Path(p) => Arc::new(SqliteStore::open(&p, SqliteOptions::default())?),
             StoreChoice::Custom(s) => s,
         };
         let opts = self.options;
@@ -443,8 +443,4 @@ impl SyncClient {
     pub fn topics(&self) -> &[Topic] {
         &self.inner.topics
     }
-}
-
-fn open_sqlite(_p: &std::path::Path) -> Result<Arc<dyn Store>, SyncError> {
-    Err(SyncError::Config("TEMP: SQLite store not wired yet".into()))
 }
