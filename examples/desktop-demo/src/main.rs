@@ -18,6 +18,8 @@ use khala_sync::store::{SqliteOptions, SqliteStore, Store};
 use khala_sync::{Change, ClientOptions, ConnectionState, SyncClient, SyncStatus, Topic, TopicPhase};
 use serde_json::json;
 
+/// Loopback port of the in-process dev server.
+const DEMO_PORT: u16 = 47_010;
 const DEFAULT_TOPICS: &str = "runtime.run_summaries,runtime.codex_worker_summaries";
 
 #[derive(Parser, Debug)]
@@ -220,14 +222,23 @@ fn caught_up(s: &SyncStatus) -> bool {
 type LocalServer = (DevServer, std::sync::Arc<std::sync::Mutex<std::fs::File>>);
 
 async fn start_local_server(cli: &Cli, topics: &[Topic]) -> Result<LocalServer, String> {
-    let server = DevServer::start(DevServerConfig {
-        port: 0,
+    // A fixed port keeps the server origin — part of the database's identity — the same
+    // across runs, so the next run resumes instead of re-bootstrapping.
+    let config = DevServerConfig {
+        port: DEMO_PORT,
         seed_docs: 0,
         rate_per_sec: 0.0,
         ..DevServerConfig::default()
-    })
-    .await
-    .map_err(|e| format!("cannot start dev server: {e}"))?;
+    };
+    let server = match DevServer::start(config.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("port {DEMO_PORT} busy ({e}); using an ephemeral port (the next run will re-bootstrap)");
+            DevServer::start(DevServerConfig { port: 0, ..config })
+                .await
+                .map_err(|e| format!("cannot start dev server: {e}"))?
+        }
+    };
     let log_path = log_path(&cli.db);
     let mut replayed = 0usize;
     if let Ok(f) = std::fs::File::open(&log_path) {
