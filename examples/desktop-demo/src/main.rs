@@ -15,7 +15,9 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use khala_dev_server::{DevServer, DevServerConfig};
 use khala_sync::store::{SqliteOptions, SqliteStore, Store};
-use khala_sync::{Change, ClientOptions, ConnectionState, SyncClient, SyncStatus, Topic, TopicPhase};
+use khala_sync::{
+    Change, ClientOptions, ConnectionState, SyncClient, SyncStatus, Topic, TopicPhase,
+};
 use serde_json::json;
 
 /// Loopback port of the in-process dev server.
@@ -23,7 +25,10 @@ const DEMO_PORT: u16 = 47_010;
 const DEFAULT_TOPICS: &str = "runtime.run_summaries,runtime.codex_worker_summaries";
 
 #[derive(Parser, Debug)]
-#[command(name = "khala-sync-demo", about = "Sync Khala topics into a local SQLite database")]
+#[command(
+    name = "khala-sync-demo",
+    about = "Sync Khala topics into a local SQLite database"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -78,7 +83,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -147,7 +155,14 @@ async fn run(cli: &Cli) -> Result<(), String> {
     let generator = local_server
         .as_ref()
         .filter(|_| cli.rate > 0.0)
-        .map(|(s, log)| tokio::spawn(live_generator(s.clone(), log.clone(), topics.clone(), cli.rate)));
+        .map(|(s, log)| {
+            tokio::spawn(live_generator(
+                s.clone(),
+                log.clone(),
+                topics.clone(),
+                cli.rate,
+            ))
+        });
 
     let mut last_line = String::new();
     let outcome: Result<(), String> = loop {
@@ -248,7 +263,9 @@ async fn start_local_server(cli: &Cli, topics: &[Topic]) -> Result<LocalServer, 
                 Ok(v) => v,
                 Err(_) => continue, // a torn last line from a killed run
             };
-            let (Some(t), Some(k)) = (v["topic"].as_str(), v["doc_key"].as_str()) else { continue };
+            let (Some(t), Some(k)) = (v["topic"].as_str(), v["doc_key"].as_str()) else {
+                continue;
+            };
             if v["deleted"].as_bool() == Some(true) {
                 server.delete(t, k);
             } else {
@@ -282,7 +299,12 @@ fn log_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn record(log: &std::sync::Mutex<std::fs::File>, topic: &str, key: &str, payload: Option<&serde_json::Value>) {
+fn record(
+    log: &std::sync::Mutex<std::fs::File>,
+    topic: &str,
+    key: &str,
+    payload: Option<&serde_json::Value>,
+) {
     let line = match payload {
         Some(p) => json!({"topic": topic, "doc_key": key, "payload": p}),
         None => json!({"topic": topic, "doc_key": key, "deleted": true}),
@@ -332,7 +354,12 @@ fn sample_payload(rng: &mut XorShift, i: usize, version: u64) -> serde_json::Val
     })
 }
 
-async fn live_generator(server: DevServer, log: std::sync::Arc<std::sync::Mutex<std::fs::File>>, topics: Vec<Topic>, rate: f64) {
+async fn live_generator(
+    server: DevServer,
+    log: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+    topics: Vec<Topic>,
+    rate: f64,
+) {
     let mut rng = fastrand_like(std::process::id() as u64 + 7);
     let period = Duration::from_secs_f64(1.0 / rate.max(0.01));
     let mut tick = tokio::time::interval(period);
@@ -367,7 +394,10 @@ fn status_line(s: &SyncStatus) -> String {
                     format!("{} {:>5.1}% {}/{}", bar(pct), pct, t.watermark, head)
                 }
                 TopicPhase::Live => format!("live @{}", t.watermark),
-                TopicPhase::Failed => format!("failed: {}", t.error.as_ref().map(|e| e.code()).unwrap_or("?")),
+                TopicPhase::Failed => format!(
+                    "failed: {}",
+                    t.error.as_ref().map(|e| e.code()).unwrap_or("?")
+                ),
                 TopicPhase::Idle => format!("idle @{}", t.watermark),
             };
             format!("{} [{detail}]", t.topic)
@@ -378,21 +408,43 @@ fn status_line(s: &SyncStatus) -> String {
 
 fn bar(pct: f32) -> String {
     let filled = ((pct / 100.0) * 20.0).round() as usize;
-    format!("[{}{}]", "#".repeat(filled.min(20)), ".".repeat(20 - filled.min(20)))
+    format!(
+        "[{}{}]",
+        "#".repeat(filled.min(20)),
+        ".".repeat(20 - filled.min(20))
+    )
 }
 
 fn change_line(c: &Change) -> String {
     match c {
-        Change::Upsert { topic, doc_key, doc_version, payload, watermark } => {
+        Change::Upsert {
+            topic,
+            doc_key,
+            doc_version,
+            payload,
+            watermark,
+        } => {
             let mut p = payload.clone();
             if p.len() > 80 {
-                p.truncate(p.floor_char_boundary(80));
+                let mut cut = 80;
+                while !p.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                p.truncate(cut);
                 p.push('…');
             }
             format!("{topic} #{watermark} upsert {doc_key} v{doc_version} {p}")
         }
-        Change::Delete { topic, doc_key, watermark } => format!("{topic} #{watermark} delete {doc_key}"),
-        Change::Bootstrapped { topic, watermark, docs } => {
+        Change::Delete {
+            topic,
+            doc_key,
+            watermark,
+        } => format!("{topic} #{watermark} delete {doc_key}"),
+        Change::Bootstrapped {
+            topic,
+            watermark,
+            docs,
+        } => {
             format!("{topic} bootstrapped from snapshot: {docs} docs @{watermark}")
         }
     }
@@ -416,16 +468,30 @@ fn status_json(s: &SyncStatus) -> serde_json::Value {
 
 fn change_json(c: &Change) -> serde_json::Value {
     match c {
-        Change::Upsert { topic, doc_key, doc_version, payload, watermark } => json!({
+        Change::Upsert {
+            topic,
+            doc_key,
+            doc_version,
+            payload,
+            watermark,
+        } => json!({
             "type": "change", "kind": "upsert", "topic": topic.as_str(), "doc_key": doc_key.as_str(),
             "doc_version": doc_version, "watermark": watermark.get(),
             "payload": serde_json::from_str::<serde_json::Value>(payload).unwrap_or(serde_json::Value::Null),
         }),
-        Change::Delete { topic, doc_key, watermark } => json!({
+        Change::Delete {
+            topic,
+            doc_key,
+            watermark,
+        } => json!({
             "type": "change", "kind": "delete", "topic": topic.as_str(), "doc_key": doc_key.as_str(),
             "watermark": watermark.get(),
         }),
-        Change::Bootstrapped { topic, watermark, docs } => json!({
+        Change::Bootstrapped {
+            topic,
+            watermark,
+            docs,
+        } => json!({
             "type": "change", "kind": "bootstrapped", "topic": topic.as_str(), "watermark": watermark.get(), "docs": docs,
         }),
     }
@@ -445,7 +511,8 @@ async fn dump(db: &Path, topic: Option<&str>) -> Result<(), String> {
             continue;
         }
         for d in store.list(t.clone()).await.map_err(|e| e.to_string())? {
-            let payload: serde_json::Value = serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null);
+            let payload: serde_json::Value =
+                serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null);
             let line = json!({
                 "topic": d.topic.as_str(),
                 "doc_key": d.doc_key.as_str(),
@@ -460,7 +527,12 @@ async fn dump(db: &Path, topic: Option<&str>) -> Result<(), String> {
         if topic.is_some_and(|want| want != t.as_str()) {
             continue;
         }
-        writeln!(out, "{}", json!({"topic": t.as_str(), "watermark": w.get()})).map_err(|e| e.to_string())?;
+        writeln!(
+            out,
+            "{}",
+            json!({"topic": t.as_str(), "watermark": w.get()})
+        )
+        .map_err(|e| e.to_string())?;
     }
     out.flush().map_err(|e| e.to_string())
 }

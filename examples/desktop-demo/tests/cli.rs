@@ -14,7 +14,12 @@ const TOPICS: [&str; 2] = ["runtime.run_summaries", "runtime.codex_worker_summar
 
 fn run_demo(server: &DevServer, db: &std::path::Path) -> Vec<serde_json::Value> {
     let out = Command::new(BIN)
-        .args(["--server", &server.base_url(), "--app-token", DevServer::APP_TOKEN])
+        .args([
+            "--server",
+            &server.base_url(),
+            "--app-token",
+            DevServer::APP_TOKEN,
+        ])
         .args(["--topics", &TOPICS.join(","), "--until-caught-up", "--json"])
         .arg("--db")
         .arg(db)
@@ -34,7 +39,11 @@ fn run_demo(server: &DevServer, db: &std::path::Path) -> Vec<serde_json::Value> 
 }
 
 fn metrics(lines: &[serde_json::Value]) -> &serde_json::Value {
-    lines.iter().rev().find(|l| l["type"] == "metrics").expect("metrics line")
+    lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "metrics")
+        .expect("metrics line")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,16 +57,24 @@ async fn until_caught_up_exits_zero_and_dump_matches_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("x.db");
     let srv = server.clone();
-    let first = tokio::task::spawn_blocking(move || run_demo(&srv, &db)).await.unwrap();
+    let first = tokio::task::spawn_blocking(move || run_demo(&srv, &db))
+        .await
+        .unwrap();
     assert!(metrics(&first)["snapshots"].as_u64().unwrap() >= 1);
 
     // New updates, then a second run: resume, no snapshot.
     for i in 0..50 {
-        server.publish(TOPICS[i % 2], &format!("cli/doc:{i}"), serde_json::json!({"i": i}));
+        server.publish(
+            TOPICS[i % 2],
+            &format!("cli/doc:{i}"),
+            serde_json::json!({"i": i}),
+        );
     }
     let db = dir.path().join("x.db");
     let srv = server.clone();
-    let second = tokio::task::spawn_blocking(move || run_demo(&srv, &db)).await.unwrap();
+    let second = tokio::task::spawn_blocking(move || run_demo(&srv, &db))
+        .await
+        .unwrap();
     let m = metrics(&second);
     assert_eq!(m["snapshots"], 0, "second run resumes: {m}");
     assert_eq!(m["updates_applied"], 50, "{m}");
@@ -73,10 +90,18 @@ async fn until_caught_up_exits_zero_and_dump_matches_the_server() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let docs: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("doc_key").is_some()).collect();
+    let docs: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.get("doc_key").is_some())
+        .collect();
     let keys: Vec<(String, String)> = docs
         .iter()
-        .map(|d| (d["topic"].as_str().unwrap().to_owned(), d["doc_key"].as_str().unwrap().to_owned()))
+        .map(|d| {
+            (
+                d["topic"].as_str().unwrap().to_owned(),
+                d["doc_key"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     let mut sorted = keys.clone();
     sorted.sort();
@@ -88,7 +113,10 @@ async fn until_caught_up_exits_zero_and_dump_matches_the_server() {
             .map(|d| {
                 (
                     d["doc_key"].as_str().unwrap().to_owned(),
-                    (d["doc_version"].as_u64().unwrap(), d["payload_hash"].as_str().unwrap().to_owned()),
+                    (
+                        d["doc_version"].as_u64().unwrap(),
+                        d["payload_hash"].as_str().unwrap().to_owned(),
+                    ),
                 )
             })
             .collect();
@@ -100,7 +128,9 @@ async fn until_caught_up_exits_zero_and_dump_matches_the_server() {
         assert_eq!(local, remote, "{topic}");
         let wm = lines
             .iter()
-            .find(|l| l["topic"] == topic && l.get("watermark").is_some() && l.get("doc_key").is_none())
+            .find(|l| {
+                l["topic"] == topic && l.get("watermark").is_some() && l.get("doc_key").is_none()
+            })
             .unwrap();
         assert_eq!(wm["watermark"].as_u64().unwrap(), server.head(topic));
     }

@@ -17,7 +17,10 @@ pub struct Millis(pub u64);
 impl Millis {
     /// `self + d` (saturating).
     pub fn after(self, d: Duration) -> Millis {
-        Millis(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+        Millis(
+            self.0
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
     }
 
     /// `self - earlier`, zero if negative.
@@ -86,6 +89,9 @@ impl HttpFailure {
 }
 
 /// Input to [`super::Engine::handle`].
+// Events are moved once into `handle`, never stored in bulk: boxing the large variants would
+// cost an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     /// Begin syncing (fetch a token, bind the store, connect).

@@ -7,7 +7,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::endpoint::Endpoint;
-use crate::engine::{Action, Change, ConnId, Engine, Event, HttpFailure, Metrics, Millis, Notification, SyncStatus};
+use crate::engine::{
+    Action, Change, ConnId, Engine, Event, HttpFailure, Metrics, Millis, Notification, SyncStatus,
+};
 use crate::protocol::token::TokenRequest;
 use crate::protocol::DecodeLimits;
 use crate::store::Store;
@@ -17,6 +19,7 @@ use super::ws::{self, WsCmd};
 use super::CredentialProvider;
 
 /// Inputs produced by IO tasks.
+#[allow(clippy::large_enum_variant)] // moved through a channel once; see engine::Event
 #[derive(Debug)]
 pub(crate) enum IoEvent {
     Connected(ConnId, mpsc::UnboundedSender<WsCmd>),
@@ -138,9 +141,9 @@ impl Driver {
                     self.feed(Event::IdentityBound(r));
                 }
                 Action::Connect { conn, token } => {
-                    let url = self
-                        .endpoint
-                        .socket_url(&token, &self.client_name, &self.client_build_id);
+                    let url =
+                        self.endpoint
+                            .socket_url(&token, &self.client_name, &self.client_build_id);
                     tracing::debug!(conn = conn.0, "connecting");
                     tokio::spawn(ws::run_connection(
                         conn,
@@ -196,7 +199,10 @@ impl Driver {
                         .put_snapshot_page(topic.clone(), generation, docs)
                         .await;
                     if let (Ok(()), Some(w)) = (&r, finish) {
-                        r = self.store.finish_snapshot(topic.clone(), generation, w).await;
+                        r = self
+                            .store
+                            .finish_snapshot(topic.clone(), generation, w)
+                            .await;
                     }
                     self.feed(Event::SnapshotPageStored(topic, r));
                 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 
 use crate::engine::HttpFailure;
-use crate::protocol::http::{decode_doc_response, decode_error_body, decode_snapshot_page, DocResponse, SnapshotPage};
+use crate::protocol::http::{
+    decode_doc_response, decode_error_body, decode_snapshot_page, DocResponse, SnapshotPage,
+};
 use crate::protocol::token::{decode_token_response, SyncToken, TokenGrant, TokenRequest};
 use crate::protocol::DecodeLimits;
 
@@ -13,21 +15,25 @@ use crate::protocol::DecodeLimits;
 async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<String, HttpFailure> {
     if let Some(len) = resp.content_length() {
         if len > limit as u64 {
-            return Err(HttpFailure::Decode(crate::protocol::ProtocolError::TooLarge {
-                context: "http body",
-                size: usize::try_from(len).unwrap_or(usize::MAX),
-                limit,
-            }));
+            return Err(HttpFailure::Decode(
+                crate::protocol::ProtocolError::TooLarge {
+                    context: "http body",
+                    size: usize::try_from(len).unwrap_or(usize::MAX),
+                    limit,
+                },
+            ));
         }
     }
     let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(transport)? {
         if buf.len() + chunk.len() > limit {
-            return Err(HttpFailure::Decode(crate::protocol::ProtocolError::TooLarge {
-                context: "http body",
-                size: buf.len() + chunk.len(),
-                limit,
-            }));
+            return Err(HttpFailure::Decode(
+                crate::protocol::ProtocolError::TooLarge {
+                    context: "http body",
+                    size: buf.len() + chunk.len(),
+                    limit,
+                },
+            ));
         }
         buf.extend_from_slice(&chunk);
     }

@@ -34,7 +34,9 @@ pub(crate) async fn run_connection(
     let ws = match connect.await {
         Ok((ws, _resp)) => ws,
         Err(e) => {
-            let _ = events.send(IoEvent::ConnectFailed(conn, upgrade_failure(e))).await;
+            let _ = events
+                .send(IoEvent::ConnectFailed(conn, upgrade_failure(e)))
+                .await;
             return;
         }
     };
@@ -121,7 +123,9 @@ fn upgrade_failure(e: tungstenite::Error) -> HttpFailure {
             HttpFailure::Status {
                 status,
                 code: parsed.code,
-                message: parsed.message.unwrap_or_else(|| "socket upgrade refused".into()),
+                message: parsed
+                    .message
+                    .unwrap_or_else(|| "socket upgrade refused".into()),
                 retry_after: None,
             }
         }
