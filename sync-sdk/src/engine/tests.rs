@@ -1,0 +1,647 @@
+//! Scenario tests for the sans-IO engine. The test plays both the driver and the server:
+//! it feeds events with a scripted clock and answers the engine's actions by hand.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::protocol::http::{decode_doc_response, decode_snapshot_page};
+use crate::protocol::token::decode_token_response;
+use crate::protocol::{DecodeLimits, PayloadHash};
+
+const A: &str = "runtime.run_summaries";
+const B: &str = "runtime.codex_worker_summaries";
+
+// ----- harness ---------------------------------------------------------------------------
+
+fn topic(s: &str) -> Topic {
+    Topic::new(s).unwrap()
+}
+
+fn key(s: &str) -> DocKey {
+    DocKey::new(s).unwrap()
+}
+
+fn alias(t: &str) -> String {
+    match t {
+        A => "A".into(),
+        B => "B".into(),
+        other => other.into(),
+    }
+}
+
+fn cfg(topics: &[&str]) -> EngineConfig {
+    let mut c = EngineConfig::new(
+        "https://sync.example.com",
+        topics.iter().map(|t| topic(t)).collect(),
+    );
+    c.seed = 7;
+    c
+}
+
+/// A token response decoded exactly as the driver would decode the route's body.
+fn grant(expires_in: u64, refresh_after_in: Option<u64>) -> TokenGrant {
+    let mut data = json!({
+        "token": "header.claims.sig", "token_type": "Bearer", "expires_in": expires_in,
+        "issuer": "https://openagents.com", "audience": "openagents-sync",
+        "subject": "user:42", "org_id": "org:7", "claims_version": "oa_sync_claims_v1",
+        "scopes": [A, B], "kid": "sync-auth-v1",
+        "granted_topics": [{"topic": A, "required_scope": A}, B],
+    });
+    if let Some(r) = refresh_after_in {
+        data["refresh_after_in"] = json!(r);
+    }
+    decode_token_response(
+        &json!({ "data": data }).to_string(),
+        &DecodeLimits::default(),
+    )
+    .unwrap()
+}
+
+fn http_status(status: u16, code: &str, retry_after: Option<Duration>) -> HttpFailure {
+    HttpFailure::Status {
+        status,
+        code: Some(code.into()),
+        message: format!("{status} {code}"),
+        retry_after,
+    }
+}
+
+fn hash_of(payload: &Value) -> String {
+    PayloadHash::of_json_text(&payload.to_string())
+        .unwrap()
+        .to_base64()
+}
+
+/// An inline update with a correct `payload_hash`.
+fn upd(t: &str, doc: &str, version: u64, w: u64, payload: Value) -> Value {
+    json!({"topic": t, "doc_key": doc, "doc_version": version, "payload": payload,
+           "payload_hash": hash_of(&payload), "watermark": w, "hydration_required": false})
+}
+
+/// A tombstone (khala-sync): payload and hash null.
+fn tomb(t: &str, doc: &str, version: u64, w: u64) -> Value {
+    json!({"topic": t, "doc_key": doc, "doc_version": version, "payload": null,
+           "payload_hash": null, "watermark": w, "deleted": true})
+}
+
+/// A hydration-required update: payload null, hash of the full payload.
+fn hydr(t: &str, doc: &str, version: u64, w: u64, full: &Value) -> Value {
+    json!({"topic": t, "doc_key": doc, "doc_version": version, "payload": null,
+           "payload_hash": hash_of(full), "watermark": w, "hydration_required": true})
+}
+
+fn snapshot_page(t: &str, w: u64, docs: Vec<Value>, next: Option<&str>) -> SnapshotPage {
+    let body = json!({"topic": t, "snapshot_watermark": w, "docs": docs, "next_cursor": next});
+    decode_snapshot_page(&body.to_string(), &DecodeLimits::default()).unwrap()
+}
+
+fn snap_doc(doc: &str, version: u64, payload: Value) -> Value {
+    json!({"doc_key": doc, "doc_version": version, "payload_hash": hash_of(&payload), "payload": payload})
+}
+
+/// A frame the engine sent, parsed.
+#[derive(Debug, Clone)]
+struct Sent {
+    conn: ConnId,
+    join_ref: Value,
+    reference: Value,
+    event: String,
+    payload: Value,
+}
+
+fn parse_send(conn: ConnId, text: &str) -> Sent {
+    let v: Value = serde_json::from_str(text).unwrap();
+    let a = v.as_array().unwrap();
+    assert_eq!(a.len(), 5, "phoenix v2 frame: {text}");
+    assert_eq!(a[2], json!("sync:v1"), "every push is on sync:v1: {text}");
+    Sent {
+        conn,
+        join_ref: a[0].clone(),
+        reference: a[1].clone(),
+        event: a[3].as_str().unwrap().to_owned(),
+        payload: a[4].clone(),
+    }
+}
+
+fn sends(acts: &[Action]) -> Vec<Sent> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send { conn, text } => Some(parse_send(*conn, text)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The last `sync:subscribe` among `acts`.
+fn subscribe_in(acts: &[Action]) -> Sent {
+    sends(acts)
+        .into_iter()
+        .rev()
+        .find(|s| s.event == "sync:subscribe")
+        .unwrap_or_else(|| panic!("no subscribe in {:?}", kinds(acts)))
+}
+
+fn applies(acts: &[Action]) -> Vec<ApplyBatch> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Apply(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn changes(acts: &[Action]) -> Vec<Change> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Notify(Notification::Changes(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn store_pages(acts: &[Action]) -> Vec<(Vec<DocWrite>, Option<Watermark>)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::StoreSnapshotPage { docs, finish, .. } => Some((docs.clone(), *finish)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Compact, assertion-friendly description of every action except status notifications.
+fn kinds(acts: &[Action]) -> Vec<String> {
+    acts.iter().filter_map(kind).collect()
+}
+
+fn kind(a: &Action) -> Option<String> {
+    Some(match a {
+        Action::FetchToken => "FetchToken".into(),
+        Action::BindIdentity(_) => "BindIdentity".into(),
+        Action::Connect { conn, .. } => format!("Connect#{}", conn.0),
+        Action::Send { conn, text } => {
+            let s = parse_send(*conn, text);
+            match s.event.as_str() {
+                "phx_join" => format!("join#{}", conn.0),
+                "sync:heartbeat" => format!("heartbeat#{}", conn.0),
+                "phx_leave" => format!("leave#{}", conn.0),
+                "sync:unsubscribe" => {
+                    let ts: Vec<String> = s.payload["topics"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| alias(t.as_str().unwrap()))
+                        .collect();
+                    format!("unsubscribe#{}[{}]", conn.0, ts.join(","))
+                }
+                "sync:subscribe" => {
+                    let resume = s.payload.get("resume_after").cloned().unwrap_or(json!({}));
+                    let ts: Vec<String> = s.payload["topics"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| {
+                            let t = t.as_str().unwrap();
+                            match resume.get(t) {
+                                Some(w) => format!("{}@{}", alias(t), w),
+                                None => alias(t),
+                            }
+                        })
+                        .collect();
+                    format!("subscribe#{}[{}]", conn.0, ts.join(","))
+                }
+                other => format!("send#{}:{other}", conn.0),
+            }
+        }
+        Action::Close(c) => format!("Close#{}", c.0),
+        Action::Apply(b) => format!(
+            "Apply {} {}→{}",
+            alias(b.topic.as_str()),
+            b.expected_watermark.get(),
+            b.new_watermark.get()
+        ),
+        Action::BeginSnapshot(t) => format!("BeginSnapshot {}", alias(t.as_str())),
+        Action::FetchSnapshotPage { topic, cursor, .. } => format!(
+            "FetchSnapshotPage {} cursor={}",
+            alias(topic.as_str()),
+            cursor.as_deref().unwrap_or("-")
+        ),
+        Action::StoreSnapshotPage {
+            topic,
+            docs,
+            finish,
+            ..
+        } => format!(
+            "StoreSnapshotPage {} docs={} finish={}",
+            alias(topic.as_str()),
+            docs.len(),
+            finish.map_or("-".to_owned(), |w| w.get().to_string())
+        ),
+        Action::FetchDoc { topic, doc_key, .. } => {
+            format!("FetchDoc {} {}", alias(topic.as_str()), doc_key.as_str())
+        }
+        Action::Notify(Notification::Changes(c)) => format!("Changes({})", c.len()),
+        Action::Notify(Notification::Status(_)) => return None,
+    })
+}
+
+/// Driver + server stand-in around one engine.
+struct Sim {
+    e: Engine,
+    now: Millis,
+    /// Answer every client `sync:heartbeat` at once (like a healthy server) while advancing.
+    answer_heartbeats: bool,
+    /// Every action the engine produced, with its time (determinism checks).
+    log: Vec<String>,
+}
+
+impl Sim {
+    fn new(topics: &[&str]) -> Self {
+        Sim::with_cfg(cfg(topics))
+    }
+
+    fn with_cfg(cfg: EngineConfig) -> Self {
+        Sim {
+            e: Engine::new(cfg),
+            now: Millis(1_000),
+            answer_heartbeats: false,
+            log: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(a) = self.e.poll_action() {
+            self.log.push(format!("{} {a:?}", self.now.0));
+            out.push(a);
+        }
+        out
+    }
+
+    fn handle(&mut self, ev: Event) -> Vec<Action> {
+        self.e.handle(ev, self.now);
+        self.drain()
+    }
+
+    /// Moves the clock `ms` forward, firing `Event::Timer` whenever `poll_timeout` is due.
+    fn advance(&mut self, ms: u64) -> Vec<Action> {
+        let target = Millis(self.now.0 + ms);
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            match self.e.poll_timeout() {
+                Some(d) if d <= target => {
+                    self.now = self.now.max(d);
+                    let acts = self.handle(Event::Timer);
+                    if self.answer_heartbeats {
+                        for s in sends(&acts) {
+                            if s.event == "sync:heartbeat" {
+                                let r = self.reply(
+                                    s.conn,
+                                    &s,
+                                    true,
+                                    json!({"subscription_id": "sub_1", "watermarks": []}),
+                                );
+                                out.extend(r);
+                            }
+                        }
+                    }
+                    out.extend(acts);
+                }
+                _ => {
+                    self.now = target;
+                    return out;
+                }
+            }
+        }
+        panic!("timer storm: poll_timeout keeps firing at {:?}", self.now);
+    }
+
+    fn frame(&mut self, conn: ConnId, v: Value) -> Vec<Action> {
+        self.handle(Event::Frame(conn, v.to_string()))
+    }
+
+    fn reply(&mut self, conn: ConnId, to: &Sent, ok: bool, response: Value) -> Vec<Action> {
+        let status = if ok { "ok" } else { "error" };
+        self.frame(
+            conn,
+            json!([to.join_ref, to.reference, "sync:v1", "phx_reply",
+                   {"status": status, "response": response}]),
+        )
+    }
+
+    fn push(&mut self, conn: ConnId, event: &str, payload: Value) -> Vec<Action> {
+        self.frame(conn, json!(["1", null, "sync:v1", event, payload]))
+    }
+
+    fn batch(&mut self, conn: ConnId, t: &str, updates: Vec<Value>, head: u64) -> Vec<Action> {
+        self.push(
+            conn,
+            "sync:update_batch",
+            json!({"updates": updates, "replay_complete": false,
+                   "head_watermarks": [{"topic": t, "watermark": head}]}),
+        )
+    }
+
+    fn sub_ok(&mut self, conn: ConnId, sub: &Sent, heads: &[(&str, u64)]) -> Vec<Action> {
+        let topics: Vec<&str> = heads.iter().map(|(t, _)| *t).collect();
+        let cw: Vec<Value> = heads
+            .iter()
+            .map(|(t, w)| json!({"topic": t, "watermark": w}))
+            .collect();
+        self.reply(
+            conn,
+            sub,
+            true,
+            json!({"subscription_id": "sub_1", "topics": topics, "current_watermarks": cw}),
+        )
+    }
+
+    fn token(&mut self, g: TokenGrant) -> Vec<Action> {
+        self.handle(Event::TokenFetched(Ok(g)))
+    }
+
+    /// Answers every `Apply` in `acts` with success.
+    fn apply_ok(&mut self, acts: &[Action]) -> Vec<Action> {
+        let mut out = Vec::new();
+        for b in applies(acts) {
+            out.extend(self.handle(Event::Applied(
+                b.topic.clone(),
+                Ok(ApplyOutcome {
+                    watermark: b.new_watermark,
+                    kept_local: vec![],
+                }),
+            )));
+        }
+        out
+    }
+
+    /// Start → token → bind with `marks`; returns the actions after `IdentityBound`.
+    fn start_with(&mut self, marks: &[(&str, u64)]) -> Vec<Action> {
+        self.start_with_grant(marks, grant(300, None))
+    }
+
+    fn start_with_grant(&mut self, marks: &[(&str, u64)], g: TokenGrant) -> Vec<Action> {
+        assert_eq!(kinds(&self.handle(Event::Start)), ["FetchToken"]);
+        let acts = self.token(g);
+        assert_eq!(kinds(&acts), ["BindIdentity"]);
+        match &acts[0] {
+            Action::BindIdentity(id) => {
+                assert_eq!(id.server, "https://sync.example.com");
+                assert_eq!(id.subject.as_deref(), Some("user:42"));
+                assert_eq!(id.org.as_deref(), Some("org:7"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let marks = marks
+            .iter()
+            .map(|(t, w)| (topic(t), Watermark(*w)))
+            .collect();
+        self.handle(Event::IdentityBound(Ok(marks)))
+    }
+
+    /// Socket open → `phx_join` → ok; returns the actions after the join reply.
+    fn join(&mut self, conn: ConnId) -> Vec<Action> {
+        let acts = self.handle(Event::Connected(conn));
+        assert_eq!(kinds(&acts), [format!("join#{}", conn.0)]);
+        let join = sends(&acts).remove(0);
+        assert_eq!(join.join_ref, json!("1"));
+        assert_eq!(join.reference, json!("1"));
+        self.reply(
+            conn,
+            &join,
+            true,
+            json!({"subscription_id": "sub_1", "allowed_topics": [A, B], "current_watermarks": []}),
+        )
+    }
+
+    /// Restart with stored watermarks, join conn 1, subscribe ok at head = stored: all live.
+    fn live(marks: &[(&str, u64)]) -> Sim {
+        let topics: Vec<&str> = marks.iter().map(|(t, _)| *t).collect();
+        let mut s = Sim::new(&topics);
+        assert_eq!(kinds(&s.start_with(marks)), ["Connect#1"]);
+        let acts = s.join(ConnId(1));
+        let sub = subscribe_in(&acts);
+        s.sub_ok(ConnId(1), &sub, marks);
+        for t in &topics {
+            assert_eq!(s.phase(t), TopicPhase::Live);
+        }
+        s
+    }
+
+    fn phase(&self, t: &str) -> TopicPhase {
+        self.topic_status(t).phase
+    }
+
+    fn topic_status(&self, t: &str) -> TopicStatus {
+        self.e
+            .status()
+            .topics
+            .into_iter()
+            .find(|s| s.topic.as_str() == t)
+            .unwrap()
+    }
+
+    fn wm(&self, t: &str) -> u64 {
+        self.e.watermark(&topic(t)).unwrap().get()
+    }
+
+    fn state(&self) -> ConnectionState {
+        self.e.status().state
+    }
+
+    fn m(&self) -> Metrics {
+        self.e.metrics().clone()
+    }
+
+    /// Milliseconds until the engine's next deadline.
+    fn due_in(&self) -> Option<u64> {
+        self.e
+            .poll_timeout()
+            .map(|t| t.0.saturating_sub(self.now.0))
+    }
+}
+
+const C1: ConnId = ConnId(1);
+const C2: ConnId = ConnId(2);
+
+// ----- scenarios -------------------------------------------------------------------------
+
+#[test]
+fn first_run_bootstraps_from_snapshot_then_subscribes_from_its_watermark() {
+    let mut s = Sim::new(&[A]);
+    assert_eq!(kinds(&s.start_with(&[])), ["BeginSnapshot A", "Connect#1"]);
+    assert_eq!(s.phase(A), TopicPhase::Bootstrapping);
+    // The socket joins while the snapshot loads: nothing to subscribe yet.
+    assert_eq!(kinds(&s.join(C1)), Vec::<String>::new());
+
+    let acts = s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
+    assert_eq!(kinds(&acts), ["FetchSnapshotPage A cursor=-"]);
+    match &acts[0] {
+        Action::FetchSnapshotPage { limit, token, .. } => {
+            assert_eq!(*limit, 1000);
+            assert_eq!(token.expose(), "header.claims.sig");
+        }
+        other => panic!("{other:?}"),
+    }
+    let page1 = snapshot_page(
+        A,
+        100,
+        vec![snap_doc("run:1", 3, json!({"s": 1})), snap_doc("run:2", 1, json!({"s": 2}))],
+        Some("c1"),
+    );
+    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(page1)));
+    assert_eq!(kinds(&acts), ["StoreSnapshotPage A docs=2 finish=-"]);
+    let (docs, _) = store_pages(&acts).remove(0);
+    assert!(docs.iter().all(|d| d.verified && d.watermark == Watermark(100)));
+    assert_eq!(docs[0].payload.as_deref(), Some(r#"{"s":1}"#));
+    assert_eq!(s.topic_status(A).snapshot_docs, 2);
+
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    assert_eq!(kinds(&acts), ["FetchSnapshotPage A cursor=c1"]);
+    let page2 = snapshot_page(A, 100, vec![snap_doc("run:3", 9, json!([1, 2]))], None);
+    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(page2)));
+    assert_eq!(kinds(&acts), ["StoreSnapshotPage A docs=1 finish=100"]);
+    // Nothing is committed until the final page is stored.
+    assert_eq!(s.wm(A), 0);
+
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@100]"]);
+    assert_eq!(
+        changes(&acts),
+        [Change::Bootstrapped {
+            topic: topic(A),
+            watermark: Watermark(100),
+            docs: 3
+        }]
+    );
+    assert_eq!(s.wm(A), 100);
+    assert_eq!(s.phase(A), TopicPhase::Subscribing);
+    let sub = subscribe_in(&acts);
+    assert_eq!(sub.payload["replay_batch_size"], json!(200));
+
+    s.sub_ok(C1, &sub, &[(A, 100)]);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    assert!(s.e.status().is_live());
+    assert_eq!(s.state(), ConnectionState::Connected);
+    let m = s.m();
+    assert_eq!((m.snapshots, m.snapshot_docs, m.connects, m.reconnects), (1, 3, 1, 0));
+    assert!(m.catch_up_ms.is_some());
+}
+
+#[test]
+fn restart_with_stored_watermarks_resumes_without_snapshot() {
+    let mut s = Sim::new(&[A, B]);
+    assert_eq!(kinds(&s.start_with(&[(A, 10), (B, 20)])), ["Connect#1"]);
+    assert_eq!(s.state(), ConnectionState::Connecting);
+    let acts = s.join(C1);
+    assert_eq!(kinds(&acts), ["subscribe#1[A@10,B@20]"]);
+    assert_eq!(s.phase(A), TopicPhase::Subscribing);
+    assert_eq!(s.m().snapshots, 0);
+}
+
+#[test]
+fn replay_batches_then_ok_reply_goes_live() {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[(A, 10)]);
+    let sub = subscribe_in(&s.join(C1));
+    let acts = s.batch(
+        C1,
+        A,
+        vec![upd(A, "run:1", 1, 11, json!({"n": 11})), upd(A, "run:2", 1, 12, json!({"n": 12}))],
+        14,
+    );
+    assert_eq!(kinds(&acts), ["Apply A 10→12"]);
+    assert_eq!(s.phase(A), TopicPhase::Replaying);
+    assert_eq!(s.topic_status(A).head, Some(Watermark(14)));
+    // The next page arrives before the store answered: it waits.
+    let acts2 = s.batch(
+        C1,
+        A,
+        vec![upd(A, "run:1", 2, 13, json!({"n": 13})), upd(A, "run:3", 1, 14, json!({}))],
+        14,
+    );
+    assert_eq!(kinds(&acts2), Vec::<String>::new());
+    assert_eq!(s.wm(A), 10, "never ahead of disk");
+    let acts = s.apply_ok(&acts);
+    assert_eq!(kinds(&acts), ["Changes(2)", "Apply A 12→14"]);
+    assert_eq!(
+        changes(&acts)[0],
+        Change::Upsert {
+            topic: topic(A),
+            doc_key: key("run:1"),
+            doc_version: 1,
+            payload: r#"{"n":11}"#.into(),
+            watermark: Watermark(11)
+        }
+    );
+    assert_eq!(s.wm(A), 12);
+    let p = s.topic_status(A).replay_progress.unwrap();
+    assert!((p - 0.5).abs() < 1e-6, "{p}");
+    assert_eq!(kinds(&s.apply_ok(&acts)), ["Changes(2)"]);
+    s.sub_ok(C1, &sub, &[(A, 14)]);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    assert_eq!(s.topic_status(A).replay_progress, Some(1.0));
+    let m = s.m();
+    assert_eq!((m.updates_applied, m.batches_committed), (4, 2));
+}
+
+#[test]
+fn duplicate_batch_is_not_applied_twice() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let b = vec![upd(A, "k", 1, 11, json!(1)), upd(A, "k", 2, 12, json!(2))];
+    let acts = s.batch(C1, A, b.clone(), 12);
+    assert_eq!(kinds(&acts), ["Apply A 10→12"]);
+    s.apply_ok(&acts);
+    assert_eq!(kinds(&s.batch(C1, A, b, 12)), Vec::<String>::new());
+    assert_eq!(s.m().duplicates_skipped, 2);
+    // Overlap: the known prefix is skipped, the rest applied.
+    let acts = s.batch(C1, A, vec![upd(A, "k", 2, 12, json!(2)), upd(A, "k", 3, 13, json!(3))], 13);
+    assert_eq!(kinds(&acts), ["Apply A 12→13"]);
+    assert_eq!(applies(&acts)[0].writes.len(), 1);
+    assert_eq!(s.m().duplicates_skipped, 3);
+    // A duplicate of a batch still being applied is dropped after it commits.
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k", 3, 13, json!(3))], 13)), Vec::<String>::new());
+    assert_eq!(kinds(&s.apply_ok(&acts)), ["Changes(1)"]);
+    assert_eq!(s.m().duplicates_skipped, 4);
+    assert_eq!(s.m().batches_committed, 2);
+}
+
+#[test]
+fn gap_applies_prefix_and_resubscribes_exactly_once() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let acts = s.batch(
+        C1,
+        A,
+        vec![
+            upd(A, "k", 1, 11, json!(11)),
+            upd(A, "k", 2, 12, json!(12)),
+            upd(A, "k", 4, 14, json!(14)),
+            upd(A, "k", 5, 15, json!(15)),
+        ],
+        15,
+    );
+    assert_eq!(kinds(&acts), ["Apply A 10→12"]);
+    assert_eq!(applies(&acts)[0].writes.len(), 2);
+    assert_eq!(s.m().gaps, 1);
+    // The resubscribe goes out only once the prefix is committed, from the new watermark.
+    let acts = s.apply_ok(&acts);
+    assert_eq!(kinds(&acts), ["Changes(2)", "subscribe#1[A@12]"]);
+    let sub = subscribe_in(&acts);
+    // Live pushes that still show the gap before the reply: no second resubscribe.
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k", 6, 16, json!(16))], 16)), Vec::<String>::new());
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k", 7, 17, json!(17))], 17)), Vec::<String>::new());
+    assert_eq!(s.m().gaps, 1);
+    // The replay fills the hole.
+    let replay: Vec<Value> = (13..=17).map(|w| upd(A, "k", w - 10, w, json!(w))).collect();
+    let acts = s.batch(C1, A, replay, 17);
+    assert_eq!(kinds(&acts), ["Apply A 12→17"]);
+    assert_eq!(kinds(&s.apply_ok(&acts)), ["Changes(5)"]);
+    s.sub_ok(C1, &sub, &[(A, 17)]);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    assert_eq!(s.wm(A), 17);
+    assert_eq!(s.m().gaps, 1);
+}
