@@ -935,6 +935,31 @@ fn token_response_minimal_older_issuer() {
 }
 
 #[test]
+fn token_refresh_after_defaults_and_bounds() {
+    let grant = |expires_in: u64, refresh: Option<u64>| {
+        let body = match refresh {
+            Some(r) => format!(
+                r#"{{"data":{{"token":"x","expires_in":{expires_in},"refresh_after_in":{r}}}}}"#
+            ),
+            None => format!(r#"{{"data":{{"token":"x","expires_in":{expires_in}}}}}"#),
+        };
+        decode_token_response(&body, &DecodeLimits::default()).unwrap()
+    };
+    assert_eq!(grant(300, None).refresh_after_secs(), 240);
+    assert_eq!(grant(60, None).refresh_after_secs(), 48);
+    assert_eq!(grant(301, None).refresh_after_secs(), 240);
+    assert_eq!(grant(0, None).refresh_after_secs(), 0);
+    assert_eq!(grant(300, Some(100)).refresh_after_secs(), 100);
+    assert_eq!(grant(300, Some(300)).refresh_after_secs(), 300);
+    // Nonsense hints fall back to 80 %.
+    assert_eq!(grant(300, Some(0)).refresh_after_secs(), 240);
+    assert_eq!(grant(300, Some(301)).refresh_after_secs(), 240);
+    // Absurd lifetimes do not overflow and stay ~80 %.
+    let huge = grant(u64::MAX, None).refresh_after_secs();
+    assert!(huge > u64::MAX / 5 * 4 - 5 && huge <= u64::MAX / 5 * 4 + 5, "{huge}");
+}
+
+#[test]
 fn token_response_errors() {
     let limits = DecodeLimits::default();
     for bad in [

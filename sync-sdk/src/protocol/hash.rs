@@ -58,7 +58,9 @@ impl PayloadHash {
     pub fn parse(s: &str) -> Result<Self, ProtocolError> {
         if let Some(hex) = s.strip_prefix("sha256:") {
             if hex.len() != 64 {
-                return Err(ProtocolError::InvalidHash("sha256: form needs 64 hex digits"));
+                return Err(ProtocolError::InvalidHash(
+                    "sha256: form needs 64 hex digits",
+                ));
             }
             let mut out = [0u8; 32];
             for (i, pair) in hex.as_bytes().chunks_exact(2).enumerate() {
@@ -116,8 +118,7 @@ impl<'de> Deserialize<'de> for PayloadHash {
 
 /// Writes the canonical JSON of `raw` (JSON text) into `out`.
 pub fn canonicalize_into(raw: &str, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
-    let value: Value =
-        serde_json::from_str(raw).map_err(|e| ProtocolError::json("payload", e))?;
+    let value: Value = serde_json::from_str(raw).map_err(|e| ProtocolError::json("payload", e))?;
     write_canonical(&value, out);
     Ok(())
 }

@@ -67,13 +67,19 @@ pub struct HttpErrorBody {
 }
 
 /// Decodes a snapshot page.
-pub fn decode_snapshot_page(body: &str, limits: &DecodeLimits) -> Result<SnapshotPage, ProtocolError> {
+pub fn decode_snapshot_page(
+    body: &str,
+    limits: &DecodeLimits,
+) -> Result<SnapshotPage, ProtocolError> {
     limits.check("snapshot page", body.len())?;
     serde_json::from_str(body).map_err(|e| ProtocolError::json("snapshot page", e))
 }
 
 /// Decodes a hydration response.
-pub fn decode_doc_response(body: &str, limits: &DecodeLimits) -> Result<DocResponse, ProtocolError> {
+pub fn decode_doc_response(
+    body: &str,
+    limits: &DecodeLimits,
+) -> Result<DocResponse, ProtocolError> {
     limits.check("doc response", body.len())?;
     serde_json::from_str(body).map_err(|e| ProtocolError::json("doc response", e))
 }
@@ -99,7 +105,10 @@ pub fn decode_error_body(body: &str) -> HttpErrorBody {
         error: Option<ErrorField>,
     }
     if body.len() > 64 * 1024 {
-        return HttpErrorBody { code: None, message: None };
+        return HttpErrorBody {
+            code: None,
+            message: None,
+        };
     }
     match serde_json::from_str::<Body>(body) {
         Ok(b) => {
@@ -113,7 +122,10 @@ pub fn decode_error_body(body: &str) -> HttpErrorBody {
                 message: inner_msg.or(b.message),
             }
         }
-        Err(_) => HttpErrorBody { code: None, message: None },
+        Err(_) => HttpErrorBody {
+            code: None,
+            message: None,
+        },
     }
 }
 

@@ -15,6 +15,6 @@ pub use error::{DecodeLimits, ProtocolError};
 pub use hash::PayloadHash;
 pub use types::{DocKey, InvalidName, Topic, Watermark};
 pub use update::{
-    ServerError, SlowConsumer, StaleCursor, StaleTopic, TopicWatermark, UpdateBatch,
-    UpgradeRequired, Update, UPGRADE_CODES,
+    ServerError, SlowConsumer, StaleCursor, StaleTopic, TopicWatermark, Update, UpdateBatch,
+    UpgradeRequired, UPGRADE_CODES,
 };

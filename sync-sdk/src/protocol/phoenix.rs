@@ -61,7 +61,10 @@ pub struct Reply {
 
 impl Reply {
     /// Decodes an ok `response` as `T`.
-    pub fn decode<T: for<'de> Deserialize<'de>>(&self, context: &'static str) -> Result<T, ProtocolError> {
+    pub fn decode<T: for<'de> Deserialize<'de>>(
+        &self,
+        context: &'static str,
+    ) -> Result<T, ProtocolError> {
         serde_json::from_str(self.response_text()).map_err(|e| ProtocolError::json(context, e))
     }
 
@@ -190,7 +193,13 @@ struct SubscribePayload<'a> {
     replay_batch_size: u32,
 }
 
-fn frame<P: Serialize>(join_ref: Option<&str>, reference: &str, topic: &str, event: &str, payload: &P) -> String {
+fn frame<P: Serialize>(
+    join_ref: Option<&str>,
+    reference: &str,
+    topic: &str,
+    event: &str,
+    payload: &P,
+) -> String {
     // Serializing plain strings/maps into a String cannot fail.
     serde_json::to_string(&(join_ref, reference, topic, event, payload))
         .unwrap_or_else(|_| String::from("[]"))
@@ -198,7 +207,13 @@ fn frame<P: Serialize>(join_ref: Option<&str>, reference: &str, topic: &str, eve
 
 /// `phx_join` on `sync:v1`; its `reference` becomes the channel's join ref.
 pub fn encode_join(join_ref: &str) -> String {
-    frame(Some(join_ref), join_ref, CHANNEL, "phx_join", &serde_json::json!({}))
+    frame(
+        Some(join_ref),
+        join_ref,
+        CHANNEL,
+        "phx_join",
+        &serde_json::json!({}),
+    )
 }
 
 /// `sync:subscribe` with `resume_after` for every topic that has a committed cursor.
@@ -212,7 +227,12 @@ pub fn encode_subscribe(
     let resume = if resume_after.is_empty() {
         None
     } else {
-        Some(resume_after.iter().map(|(t, w)| (t.as_str(), w.get())).collect())
+        Some(
+            resume_after
+                .iter()
+                .map(|(t, w)| (t.as_str(), w.get()))
+                .collect(),
+        )
     };
     frame(
         Some(join_ref),
@@ -240,10 +260,22 @@ pub fn encode_unsubscribe(join_ref: &str, reference: &str, topics: &[Topic]) -> 
 
 /// Client `sync:heartbeat` `{}`.
 pub fn encode_heartbeat(join_ref: &str, reference: &str) -> String {
-    frame(Some(join_ref), reference, CHANNEL, "sync:heartbeat", &serde_json::json!({}))
+    frame(
+        Some(join_ref),
+        reference,
+        CHANNEL,
+        "sync:heartbeat",
+        &serde_json::json!({}),
+    )
 }
 
 /// `phx_leave` for an orderly shutdown.
 pub fn encode_leave(join_ref: &str, reference: &str) -> String {
-    frame(Some(join_ref), reference, CHANNEL, "phx_leave", &serde_json::json!({}))
+    frame(
+        Some(join_ref),
+        reference,
+        CHANNEL,
+        "phx_leave",
+        &serde_json::json!({}),
+    )
 }

@@ -139,7 +139,8 @@ impl TokenGrant {
     pub fn refresh_after_secs(&self) -> u64 {
         match self.refresh_after_in {
             Some(r) if r > 0 && r <= self.expires_in => r,
-            _ => self.expires_in.saturating_mul(4) / 5,
+            // 80 % without overflow: `expires_in * 4 / 5` saturates (→ 20 %) for huge values.
+            _ => self.expires_in / 5 * 4 + self.expires_in % 5 * 4 / 5,
         }
     }
 }
@@ -150,7 +151,10 @@ struct Envelope {
 }
 
 /// Decodes a `200` token response body.
-pub fn decode_token_response(body: &str, limits: &DecodeLimits) -> Result<TokenGrant, ProtocolError> {
+pub fn decode_token_response(
+    body: &str,
+    limits: &DecodeLimits,
+) -> Result<TokenGrant, ProtocolError> {
     limits.check("token response", body.len())?;
     let env: Envelope =
         serde_json::from_str(body).map_err(|e| ProtocolError::json("token response", e))?;

@@ -96,9 +96,7 @@ impl fmt::Display for DocKey {
 /// A position in a topic's dense, 1-based sequence (P: `watermark`, F: `sequence`).
 ///
 /// `Watermark(0)` means "nothing applied yet".
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Watermark(pub u64);
 
