@@ -185,7 +185,11 @@ impl Engine {
             for ts in &self.topics {
                 consider(ts.retry_at);
             }
-            if self.conn.as_ref().is_some_and(|c| c.phase == ConnPhase::Joined) {
+            if self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.phase == ConnPhase::Joined)
+            {
                 if let Some(stable) = self.stable_check_at() {
                     consider(Some(stable));
                 }
@@ -329,10 +333,7 @@ impl Engine {
         if self.life != Life::Running {
             return;
         }
-        let token_ok = self
-            .token
-            .as_ref()
-            .is_some_and(|t| t.expires_at > self.now);
+        let token_ok = self.token.as_ref().is_some_and(|t| t.expires_at > self.now);
         if !token_ok {
             self.request_token();
             return;
@@ -341,7 +342,10 @@ impl Engine {
             return;
         }
         for i in 0..self.topics.len() {
-            if self.topics[i].needs_snapshot && self.topics[i].snapshot.is_none() && self.topics[i].retry_at.is_none() {
+            if self.topics[i].needs_snapshot
+                && self.topics[i].snapshot.is_none()
+                && self.topics[i].retry_at.is_none()
+            {
                 self.begin_snapshot(i);
             }
         }
@@ -400,7 +404,10 @@ impl Engine {
                 if self.bound != Bound::Yes {
                     return;
                 }
-                let joined = self.conn.as_ref().is_some_and(|c| c.phase == ConnPhase::Joined);
+                let joined = self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.phase == ConnPhase::Joined);
                 if joined && self.next_conn.is_none() {
                     // Make-before-break: the old socket keeps streaming until the new one
                     // has joined; then topics move over (PROTOCOL.md §7).
@@ -492,7 +499,10 @@ impl Engine {
     }
 
     fn drop_connections(&mut self) {
-        for c in [self.conn.take(), self.next_conn.take()].into_iter().flatten() {
+        for c in [self.conn.take(), self.next_conn.take()]
+            .into_iter()
+            .flatten()
+        {
             self.actions.push_back(Action::Close(c.id));
         }
     }
@@ -514,7 +524,11 @@ impl Engine {
         if let Some(n) = self.next_conn.take() {
             // The successor is already underway: promote it instead of waiting.
             self.conn = Some(n);
-            if self.conn.as_ref().is_some_and(|c| c.phase == ConnPhase::Joined) {
+            if self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.phase == ConnPhase::Joined)
+            {
                 self.subscribe_all();
             }
             return;
@@ -631,9 +645,12 @@ impl Engine {
             }
         }
         // Connection deadlines: connect timeout, heartbeats, silence.
-        for id in [self.conn.as_ref().map(|c| c.id), self.next_conn.as_ref().map(|c| c.id)]
-            .into_iter()
-            .flatten()
+        for id in [
+            self.conn.as_ref().map(|c| c.id),
+            self.next_conn.as_ref().map(|c| c.id),
+        ]
+        .into_iter()
+        .flatten()
         {
             self.check_conn_deadlines(id);
         }
@@ -831,6 +848,7 @@ impl Engine {
                 for t in s.topics() {
                     if let Some(i) = self.topic_idx(&t) {
                         if self.topics[i].subscribed_on == Some(id) {
+                            self.metrics.stale_cursors += 1;
                             self.topics[i].subscribed_on = None;
                             self.on_stale(i);
                         }
@@ -1053,7 +1071,8 @@ impl Engine {
             // Stop live pushes for this topic while its snapshot loads.
             if let Some(c) = self.conn.as_mut().filter(|c| c.phase == ConnPhase::Joined) {
                 let r = c.next_ref();
-                let text = phoenix::encode_unsubscribe(&c.join_ref, &r, std::slice::from_ref(&ts.topic));
+                let text =
+                    phoenix::encode_unsubscribe(&c.join_ref, &r, std::slice::from_ref(&ts.topic));
                 c.pending.insert(r, Pending::Unsubscribe);
                 self.actions.push_back(Action::Send { conn: c.id, text });
             }
@@ -1061,7 +1080,8 @@ impl Engine {
         ts.subscribed_on = None;
         ts.snapshot = Some(SnapState::default());
         self.metrics.snapshots += 1;
-        self.actions.push_back(Action::BeginSnapshot(ts.topic.clone()));
+        self.actions
+            .push_back(Action::BeginSnapshot(ts.topic.clone()));
     }
 
     fn on_snapshot_begun(&mut self, t: &Topic, r: Result<SnapshotGen, StoreError>) {
@@ -1110,7 +1130,12 @@ impl Engine {
 
     fn on_snapshot_page(&mut self, t: &Topic, r: Result<SnapshotPage, HttpFailure>) {
         let Some(i) = self.topic_idx(t) else { return };
-        if self.topics[i].snapshot.as_ref().and_then(|s| s.generation).is_none() {
+        if self.topics[i]
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.generation)
+            .is_none()
+        {
             return;
         }
         let page = match r {
@@ -1177,7 +1202,9 @@ impl Engine {
             let payload = d.payload.as_deref().map_or("null", |r| r.get()).to_owned();
             let verified = match &d.payload_hash {
                 None => true,
-                Some(h) => crate::protocol::PayloadHash::of_json_text(&payload).is_ok_and(|c| c == *h),
+                Some(h) => {
+                    crate::protocol::PayloadHash::of_json_text(&payload).is_ok_and(|c| c == *h)
+                }
             };
             if !verified {
                 // Rule 3: the snapshot's own copy mismatches too — keep it, mark it.
@@ -1194,7 +1221,10 @@ impl Engine {
             });
         }
         self.metrics.snapshot_docs += docs.len() as u64;
-        let finish = page.next_cursor.is_none().then_some(page.snapshot_watermark);
+        let finish = page
+            .next_cursor
+            .is_none()
+            .then_some(page.snapshot_watermark);
         self.actions.push_back(Action::StoreSnapshotPage {
             topic: t.clone(),
             generation,
@@ -1229,11 +1259,13 @@ impl Engine {
         ts.phase = TopicPhase::Idle;
         ts.error = None;
         self.actions
-            .push_back(Action::Notify(Notification::Changes(vec![Change::Bootstrapped {
-                topic: t.clone(),
-                watermark: w,
-                docs,
-            }])));
+            .push_back(Action::Notify(Notification::Changes(vec![
+                Change::Bootstrapped {
+                    topic: t.clone(),
+                    watermark: w,
+                    docs,
+                },
+            ])));
         self.send_subscribe(&[i]);
     }
 
@@ -1256,7 +1288,9 @@ impl Engine {
         // A batch covers one topic; group defensively if a server mixes them.
         let mut groups: Vec<(usize, Vec<Update>)> = Vec::new();
         for u in updates {
-            let Some(i) = self.topic_idx(&u.topic) else { continue };
+            let Some(i) = self.topic_idx(&u.topic) else {
+                continue;
+            };
             match groups.iter_mut().find(|(g, _)| *g == i) {
                 Some((_, v)) => v.push(u),
                 None => groups.push((i, vec![u])),
@@ -1265,7 +1299,10 @@ impl Engine {
         for (i, ups) in groups {
             let ts = &mut self.topics[i];
             if ts.subscribed_on != Some(id)
-                || matches!(ts.phase, TopicPhase::Bootstrapping | TopicPhase::Failed | TopicPhase::Idle)
+                || matches!(
+                    ts.phase,
+                    TopicPhase::Bootstrapping | TopicPhase::Failed | TopicPhase::Idle
+                )
             {
                 continue;
             }
@@ -1329,7 +1366,8 @@ impl Engine {
                 let payload = u.payload.as_deref().map_or("null", |r| r.get());
                 let mut verified = true;
                 if let Some(h) = &u.payload_hash {
-                    let ok = crate::protocol::PayloadHash::of_json_text(payload).is_ok_and(|c| c == *h);
+                    let ok =
+                        crate::protocol::PayloadHash::of_json_text(payload).is_ok_and(|c| c == *h);
                     if !ok {
                         self.metrics.hash_mismatches += 1;
                         if ts.hash_resyncs == 0 {
@@ -1432,10 +1470,16 @@ impl Engine {
         match r {
             Ok(doc) => {
                 let write = &mut h.batch.writes[w];
-                let payload = doc.payload.as_deref().map_or("null", |r| r.get()).to_owned();
+                let payload = doc
+                    .payload
+                    .as_deref()
+                    .map_or("null", |r| r.get())
+                    .to_owned();
                 let hash_ok = match &doc.payload_hash {
                     None => true,
-                    Some(hh) => crate::protocol::PayloadHash::of_json_text(&payload).is_ok_and(|c| c == *hh),
+                    Some(hh) => {
+                        crate::protocol::PayloadHash::of_json_text(&payload).is_ok_and(|c| c == *hh)
+                    }
                 };
                 if doc.doc_version < write.doc_version || !hash_ok {
                     // The doc route is behind the stream or corrupt: retry the batch later.
@@ -1545,7 +1589,8 @@ impl Engine {
         let s = self.status();
         if self.last_status.as_ref() != Some(&s) {
             self.last_status = Some(s.clone());
-            self.actions.push_back(Action::Notify(Notification::Status(s)));
+            self.actions
+                .push_back(Action::Notify(Notification::Status(s)));
         }
     }
 }

@@ -645,3 +645,249 @@ fn gap_applies_prefix_and_resubscribes_exactly_once() {
     assert_eq!(s.wm(A), 17);
     assert_eq!(s.m().gaps, 1);
 }
+
+#[test]
+fn hash_mismatch_rejects_resyncs_once_and_keeps_unverified_snapshot_copy() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let mut bad = upd(A, "k2", 1, 12, json!({"x": 1.5}));
+    bad["payload_hash"] = json!(hash_of(&json!({"x": 1.25})));
+    let acts = s.batch(
+        C1,
+        A,
+        vec![upd(A, "k1", 1, 11, json!(1)), bad, upd(A, "k3", 1, 13, json!(3))],
+        13,
+    );
+    // The update before the mismatch commits; the mismatching one is rejected.
+    assert_eq!(kinds(&acts), ["Apply A 10→11"]);
+    assert_eq!(s.m().hash_mismatches, 1);
+    let acts = s.apply_ok(&acts);
+    assert_eq!(kinds(&acts), ["Changes(1)", "unsubscribe#1[A]", "BeginSnapshot A"]);
+    assert_eq!(s.phase(A), TopicPhase::Bootstrapping);
+    // Live pushes for the topic are ignored while it bootstraps.
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k4", 1, 14, json!(4))], 14)), Vec::<String>::new());
+
+    assert_eq!(
+        kinds(&s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(2))))),
+        ["FetchSnapshotPage A cursor=-"]
+    );
+    // The snapshot's own copy mismatches too (float formatting upstream): keep, mark, count.
+    let mut doc = snap_doc("k2", 1, json!({"x": 1.5}));
+    doc["payload_hash"] = json!(hash_of(&json!({"x": 1.25})));
+    let page = snapshot_page(A, 20, vec![doc, snap_doc("k1", 1, json!(1))], None);
+    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(page)));
+    assert_eq!(kinds(&acts), ["StoreSnapshotPage A docs=2 finish=20"]);
+    let (docs, _) = store_pages(&acts).remove(0);
+    assert!(!docs[0].verified);
+    assert!(docs[1].verified);
+    assert_eq!(s.m().unverified_docs, 1);
+    assert_eq!(s.m().hash_mismatches, 2);
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@20]"]);
+    s.sub_ok(C1, &subscribe_in(&acts), &[(A, 20)]);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+
+    // Another mismatch later: no second resync (never loop); stored unverified.
+    let mut bad = upd(A, "k2", 2, 21, json!({"x": 2.5}));
+    bad["payload_hash"] = json!(hash_of(&json!("other")));
+    let acts = s.batch(C1, A, vec![bad], 21);
+    assert_eq!(kinds(&acts), ["Apply A 20→21"]);
+    assert!(!applies(&acts)[0].writes[0].verified);
+    assert_eq!(kinds(&s.apply_ok(&acts)), ["Changes(1)"]);
+    let m = s.m();
+    assert_eq!((m.snapshots, m.hash_mismatches, m.unverified_docs), (1, 3, 2));
+}
+
+#[test]
+fn kept_local_updates_are_not_notified() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let acts = s.batch(
+        C1,
+        A,
+        vec![upd(A, "k1", 5, 11, json!(1)), upd(A, "k2", 1, 12, json!(2)), upd(A, "k3", 1, 13, json!(3))],
+        13,
+    );
+    let acts = s.handle(Event::Applied(
+        topic(A),
+        Ok(ApplyOutcome {
+            watermark: applies(&acts)[0].new_watermark,
+            kept_local: vec![1],
+        }),
+    ));
+    let keys: Vec<String> = changes(&acts)
+        .iter()
+        .map(|c| match c {
+            Change::Upsert { doc_key, .. } => doc_key.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, ["k1", "k3"]);
+    assert_eq!(s.wm(A), 13, "kept-local updates still advance the watermark");
+    assert_eq!(s.m().updates_applied, 3);
+}
+
+#[test]
+fn tombstone_deletes_the_document() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let acts = s.batch(C1, A, vec![upd(A, "k1", 1, 11, json!({"a": 1})), tomb(A, "k1", 2, 12)], 12);
+    let b = applies(&acts).remove(0);
+    assert_eq!(b.writes[1].payload, None);
+    assert_eq!(b.writes[1].payload_hash, None);
+    assert_eq!(b.writes[1].doc_version, 2);
+    let acts = s.apply_ok(&acts);
+    assert_eq!(
+        changes(&acts)[1],
+        Change::Delete {
+            topic: topic(A),
+            doc_key: key("k1"),
+            watermark: Watermark(12)
+        }
+    );
+}
+
+#[test]
+fn hydration_fetches_docs_before_the_batch_commits() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let full = json!({"big": "payload", "n": 3});
+    let acts = s.batch(
+        C1,
+        A,
+        vec![
+            upd(A, "k1", 1, 11, json!(1)),
+            hydr(A, "k2", 3, 12, &full),
+            hydr(A, "k3", 1, 13, &json!("gone")),
+        ],
+        13,
+    );
+    assert_eq!(kinds(&acts), ["FetchDoc A k2", "FetchDoc A k3"]);
+    // A live push during hydration waits for the batch.
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k4", 1, 14, json!(4))], 14)), Vec::<String>::new());
+    // The doc route already has a newer version: keep it (verified against its own hash).
+    let newer = json!({"big": "payload", "n": 5});
+    let body = json!({"doc_key": "k2", "doc_version": 5, "payload": newer,
+                      "payload_hash": hash_of(&newer), "watermark": 40});
+    let doc = decode_doc_response(&body.to_string(), &DecodeLimits::default()).unwrap();
+    let acts = s.handle(Event::DocFetched(topic(A), key("k2"), Ok(doc)));
+    assert_eq!(kinds(&acts), Vec::<String>::new(), "k3 still missing");
+    // 404: deleted since → tombstone.
+    let acts = s.handle(Event::DocFetched(
+        topic(A),
+        key("k3"),
+        Err(http_status(404, "not_found", None)),
+    ));
+    assert_eq!(kinds(&acts), ["Apply A 10→13"]);
+    let b = applies(&acts).remove(0);
+    assert_eq!(b.writes[1].doc_version, 5);
+    assert_eq!(b.writes[1].payload.as_deref(), Some(r#"{"big":"payload","n":5}"#));
+    assert_eq!(b.writes[2].payload, None);
+    assert_eq!(s.m().hydrations, 1);
+    let acts = s.apply_ok(&acts);
+    assert_eq!(kinds(&acts), ["Changes(3)", "Apply A 13→14"]);
+    let ch = changes(&acts);
+    assert!(matches!(&ch[1], Change::Upsert { doc_version: 5, .. }));
+    assert!(matches!(&ch[2], Change::Delete { doc_key, .. } if doc_key.as_str() == "k3"));
+}
+
+#[test]
+fn stale_cursor_bootstraps_once_then_tails() {
+    let mut s = Sim::new(&[A, B]);
+    s.start_with(&[(A, 10), (B, 20)]);
+    let sub = subscribe_in(&s.join(C1));
+    let stale = json!({"code": "stale_cursor", "message": "cursor is older than retention floor",
+        "full_resync_required": true, "reason_codes": ["retention_floor_breach"],
+        "stale_topics": [{"topic": A, "reason": "retention_floor_breach", "qos_tier": "warm",
+            "resume_after": 10, "retention_floor": 42, "head_watermark": 90, "replay_lag": 80,
+            "replay_budget_events": 20000}],
+        "snapshot_plan": {"format": "openagents.sync.snapshot.v1", "topics": [A]}});
+    let acts = s.reply(C1, &sub, false, stale);
+    // The stale topic bootstraps; the other topic of the rejected subscribe goes on.
+    assert_eq!(kinds(&acts), ["BeginSnapshot A", "subscribe#1[B@20]"]);
+    assert_eq!(s.m().stale_cursors, 1);
+    s.sub_ok(C1, &subscribe_in(&acts), &[(B, 20)]);
+    assert_eq!(s.phase(B), TopicPhase::Live);
+    assert_eq!(s.phase(A), TopicPhase::Bootstrapping);
+
+    s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
+    let page = snapshot_page(A, 90, vec![snap_doc("k", 4, json!({}))], None);
+    assert_eq!(
+        kinds(&s.handle(Event::SnapshotPageFetched(topic(A), Ok(page)))),
+        ["StoreSnapshotPage A docs=1 finish=90"]
+    );
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@90]"]);
+    s.sub_ok(C1, &subscribe_in(&acts), &[(A, 90)]);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    // Tail.
+    let acts = s.batch(C1, A, vec![upd(A, "k", 5, 91, json!(1))], 91);
+    assert_eq!(kinds(&acts), ["Apply A 90→91"]);
+    assert_eq!(s.m().snapshots, 1);
+    assert_eq!(s.topic_status(A).error, None);
+}
+
+fn stale_for(t: &str) -> Value {
+    json!({"code": "stale_cursor", "message": "replay budget exceeded for topic qos tier; full resync required",
+           "full_resync_required": true, "reason_codes": ["replay_budget_exceeded"],
+           "stale_topics": [{"topic": t, "reason": "replay_budget_exceeded"}]})
+}
+
+/// Answers BeginSnapshot → one page at `w` → stored; returns the actions of the final store.
+fn run_snapshot(s: &mut Sim, t: &str, generation: u64, w: u64) -> Vec<Action> {
+    let acts = s.handle(Event::SnapshotBegun(topic(t), Ok(SnapshotGen(generation))));
+    assert_eq!(kinds(&acts), [format!("FetchSnapshotPage {} cursor=-", alias(t))]);
+    let page = snapshot_page(t, w, vec![snap_doc("k", 1, json!(w))], None);
+    s.handle(Event::SnapshotPageFetched(topic(t), Ok(page)));
+    s.handle(Event::SnapshotPageStored(topic(t), Ok(())))
+}
+
+#[test]
+fn stale_again_right_after_snapshot_backs_off_and_surfaces_stale_loop() {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[(A, 10)]);
+    let sub = subscribe_in(&s.join(C1));
+    assert_eq!(kinds(&s.reply(C1, &sub, false, stale_for(A))), ["BeginSnapshot A"]);
+    let acts = run_snapshot(&mut s, A, 1, 500);
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@500]"]);
+    // Stale again right after the fresh snapshot: no immediate snapshot.
+    let acts = s.reply(C1, &subscribe_in(&acts), false, stale_for(A));
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    let err = SyncError::StaleLoop {
+        topic: topic(A),
+        snapshots: 1,
+    };
+    assert_eq!(s.topic_status(A).error, Some(err.clone()));
+    assert_eq!(s.e.status().last_error, Some(err));
+    assert_eq!(s.m().snapshots, 1);
+    assert_eq!(s.m().stale_cursors, 2);
+    // Retry after the (first-window) backoff.
+    assert!(s.due_in().unwrap() <= 250);
+    let acts = s.advance(250);
+    assert_eq!(kinds(&acts), ["BeginSnapshot A"]);
+    let acts = run_snapshot(&mut s, A, 2, 600);
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@600]"]);
+    // And again: the window grows; still no tight loop.
+    let acts = s.reply(C1, &subscribe_in(&acts), false, stale_for(A));
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert!(matches!(
+        s.topic_status(A).error,
+        Some(SyncError::StaleLoop { snapshots: 2, .. })
+    ));
+    assert!(s.due_in().unwrap() <= 500);
+    assert_eq!(kinds(&s.advance(500)), ["BeginSnapshot A"]);
+    let acts = run_snapshot(&mut s, A, 3, 700);
+    s.sub_ok(C1, &subscribe_in(&acts), &[(A, 700)]);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    assert_eq!(s.topic_status(A).error, None);
+    assert_eq!(s.m().snapshots, 3);
+}
+
+#[test]
+fn stale_push_for_a_subscribed_topic_bootstraps_only_that_topic() {
+    let mut s = Sim::live(&[(A, 10), (B, 20)]);
+    let acts = s.push(C1, "sync:error", stale_for(A));
+    // The server already dropped the topic: no unsubscribe, just the snapshot.
+    assert_eq!(kinds(&acts), ["BeginSnapshot A"]);
+    assert_eq!(s.m().stale_cursors, 1);
+    assert_eq!(s.phase(B), TopicPhase::Live);
+    assert_eq!(kinds(&s.batch(C1, B, vec![upd(B, "w", 1, 21, json!(1))], 21)), ["Apply B 20→21"]);
+    let acts = run_snapshot(&mut s, A, 1, 300);
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@300]"]);
+}

@@ -116,7 +116,10 @@ impl TopicState {
             && self.retry_at.is_none()
             && matches!(
                 self.phase,
-                TopicPhase::Idle | TopicPhase::Subscribing | TopicPhase::Replaying | TopicPhase::Live
+                TopicPhase::Idle
+                    | TopicPhase::Subscribing
+                    | TopicPhase::Replaying
+                    | TopicPhase::Live
             )
     }
 
