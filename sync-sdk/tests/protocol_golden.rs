@@ -998,6 +998,21 @@ fn sync_token_debug_is_redacted() {
 }
 
 #[test]
+fn token_decode_errors_do_not_echo_the_secret() {
+    // A token where a non-string is expected must not end up in the error text.
+    let limits = DecodeLimits::default();
+    for body in [
+        r#"{"data":"eyJSECRET.TOKEN.VALUE"}"#,
+        r#"{"data":{"token":"eyJSECRET.TOKEN.VALUE","expires_in":"eyJSECRET.TOKEN.VALUE"}}"#,
+        r#"{"data":{"token":"x","expires_in":300,"granted_topics":"eyJSECRET.TOKEN.VALUE"}}"#,
+    ] {
+        let e = decode_token_response(body, &limits).unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
+}
+
+#[test]
 fn token_request_serialization() {
     assert_eq!(serde_json::to_string(&TokenRequest::default()).unwrap(), "{}");
     let req = TokenRequest {

@@ -53,6 +53,47 @@ impl ProtocolError {
             detail: err.to_string(),
         }
     }
+
+    /// Like [`ProtocolError::json`] for bodies that carry secrets (the token response):
+    /// serde quotes offending string values in its messages (`invalid type: string "eyJ…"`),
+    /// so every double-quoted span of the message is replaced by `"<redacted>"`.
+    pub(crate) fn json_redacted(context: &'static str, err: serde_json::Error) -> Self {
+        ProtocolError::Malformed {
+            context,
+            detail: redact_quoted(&err.to_string()),
+        }
+    }
+}
+
+/// Replaces the contents of every `"…"` span (honouring `\"` escapes) with `<redacted>`.
+fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' {
+            continue;
+        }
+        // Inside a quoted span: skip to the closing quote.
+        let mut closed = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out.push_str("<redacted>");
+        if closed {
+            out.push('"');
+        }
+    }
+    out
 }
 
 /// Size limits applied before any input is parsed.
@@ -80,5 +121,22 @@ impl DecodeLimits {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_quoted;
+
+    #[test]
+    fn redacts_every_quoted_span() {
+        assert_eq!(
+            redact_quoted(r#"invalid type: string "eyJ.secret", expected u64 at line 1 column 9"#),
+            r#"invalid type: string "<redacted>", expected u64 at line 1 column 9"#
+        );
+        assert_eq!(redact_quoted(r#"a "x\"y" b "z""#), r#"a "<redacted>" b "<redacted>""#);
+        assert_eq!(redact_quoted(r#"open "unterminated"#), r#"open "<redacted>"#);
+        assert_eq!(redact_quoted("missing field `data`"), "missing field `data`");
+        assert_eq!(redact_quoted(r#"trailing \ "\"#), r#"trailing \ "<redacted>"#);
     }
 }

@@ -157,6 +157,6 @@ pub fn decode_token_response(
 ) -> Result<TokenGrant, ProtocolError> {
     limits.check("token response", body.len())?;
     let env: Envelope =
-        serde_json::from_str(body).map_err(|e| ProtocolError::json("token response", e))?;
+        serde_json::from_str(body).map_err(|e| ProtocolError::json_redacted("token response", e))?;
     Ok(env.data)
 }
