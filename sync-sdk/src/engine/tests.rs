@@ -891,3 +891,194 @@ fn stale_push_for_a_subscribed_topic_bootstraps_only_that_topic() {
     let acts = run_snapshot(&mut s, A, 1, 300);
     assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@300]"]);
 }
+
+#[test]
+fn slow_consumer_throttle_keeps_going_and_disconnect_waits_reconnect_after_ms() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let throttle = json!({"code": "slow_consumer", "message": "client cannot keep up with live fanout",
+        "action": "throttle", "topic": A, "queue_depth": 65, "queue_limit": 64,
+        "reconnect_after_ms": 2000, "full_resync_required": false});
+    assert_eq!(kinds(&s.push(C1, "sync:error", throttle.clone())), Vec::<String>::new());
+    assert_eq!(s.m().slow_consumer, 1);
+    assert_eq!(s.state(), ConnectionState::Connected);
+    let acts = s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1))], 11);
+    assert_eq!(kinds(&acts), ["Apply A 10→11"]);
+    s.apply_ok(&acts);
+
+    let mut disconnect = throttle;
+    disconnect["action"] = json!("disconnect");
+    assert_eq!(kinds(&s.push(C1, "sync:error", disconnect)), ["Close#1"]);
+    assert_eq!(s.m().slow_consumer, 2);
+    assert_eq!(s.state(), ConnectionState::Backoff);
+    let wait = s.due_in().unwrap();
+    assert!((2000..=2250).contains(&wait), "reconnect after {wait} ms");
+    assert_eq!(s.e.status().next_retry_at, Some(Millis(s.now.0 + wait)));
+    assert_eq!(kinds(&s.advance(wait - 1)), Vec::<String>::new());
+    assert_eq!(kinds(&s.advance(1)), ["Connect#2"]);
+    // Resume from the committed watermark.
+    assert_eq!(kinds(&s.join(C2)), ["subscribe#2[A@11]"]);
+}
+
+#[test]
+fn reauth_push_refreshes_token_and_switches_make_before_break() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let reauth = json!({"code": "reauth_required", "message": "token expired",
+                        "reauth_required": true, "reason": "token_expired"});
+    assert_eq!(kinds(&s.push(C1, "sync:error", reauth)), ["FetchToken"]);
+    // The old socket keeps streaming meanwhile.
+    let acts = s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1))], 11);
+    assert_eq!(kinds(&acts), ["Apply A 10→11"]);
+    s.apply_ok(&acts);
+    let mut g = grant(300, None);
+    g.token = crate::protocol::token::SyncToken::new("fresh.jwt");
+    let acts = s.token(g);
+    assert_eq!(kinds(&acts), ["Connect#2"], "new socket while the old one is open");
+    match &acts[0] {
+        Action::Connect { token, .. } => assert_eq!(token.expose(), "fresh.jwt"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(kinds(&s.handle(Event::Connected(C2))), ["join#2"]);
+    let acts = s.batch(C1, A, vec![upd(A, "k", 2, 12, json!(2))], 12);
+    assert_eq!(kinds(&acts), ["Apply A 11→12"]);
+    s.apply_ok(&acts);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    // Join ok on the new socket: only now the old one closes; resubscribe from committed.
+    let join = Sent {
+        conn: C2,
+        join_ref: json!("1"),
+        reference: json!("1"),
+        event: "phx_join".into(),
+        payload: json!({}),
+    };
+    let acts = s.reply(C2, &join, true, json!({"subscription_id": "sub_2"}));
+    assert_eq!(kinds(&acts), ["Close#1", "subscribe#2[A@12]"]);
+    // The retired socket is ignored from now on.
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k", 3, 13, json!(3))], 13)), Vec::<String>::new());
+    let m = s.m();
+    assert_eq!((m.tokens_fetched, m.connects, m.reconnects, m.snapshots), (2, 2, 1, 0));
+}
+
+/// Proactive refresh at `at_secs` after the grant: FetchToken, then make-before-break.
+fn refresh_scenario(g: TokenGrant, at_secs: u64) {
+    let mut s = Sim::new(&[A]);
+    s.answer_heartbeats = true;
+    s.start_with_grant(&[(A, 10)], g.clone());
+    let granted_at = s.now.0;
+    let sub = subscribe_in(&s.join(C1));
+    s.sub_ok(C1, &sub, &[(A, 10)]);
+    let before = s.advance(at_secs * 1000 - (s.now.0 - granted_at) - 1);
+    assert!(
+        kinds(&before).iter().all(|k| k == "heartbeat#1"),
+        "{:?}",
+        kinds(&before)
+    );
+    assert_eq!(s.state(), ConnectionState::Connected);
+    let acts = s.advance(1);
+    let work: Vec<String> = kinds(&acts).into_iter().filter(|k| k != "heartbeat#1").collect();
+    assert_eq!(work, ["FetchToken"]);
+    assert_eq!(s.phase(A), TopicPhase::Live, "stream not dropped");
+    assert_eq!(kinds(&s.token(g)), ["Connect#2"]);
+    let acts = s.join(C2);
+    assert_eq!(kinds(&acts), ["Close#1", "subscribe#2[A@10]"]);
+    assert_eq!(s.m().tokens_fetched, 2);
+}
+
+#[test]
+fn proactive_refresh_at_refresh_after_in_without_dropping_the_stream() {
+    refresh_scenario(grant(300, Some(100)), 100);
+}
+
+#[test]
+fn proactive_refresh_defaults_to_80_percent_of_expires_in() {
+    refresh_scenario(grant(600, None), 480);
+}
+
+#[test]
+fn forbidden_topic_fails_alone_and_the_others_go_live() {
+    let mut s = Sim::new(&[A, B]);
+    s.start_with(&[(A, 10), (B, 20)]);
+    let sub = subscribe_in(&s.join(C1));
+    let acts = s.reply(
+        C1,
+        &sub,
+        false,
+        json!({"code": "forbidden_topic", "message": "not allowed", "forbidden_topics": [B]}),
+    );
+    assert_eq!(kinds(&acts), ["subscribe#1[A@10]"]);
+    let tb = s.topic_status(B);
+    assert_eq!(tb.phase, TopicPhase::Failed);
+    assert_eq!(tb.error, Some(SyncError::TopicForbidden { topic: topic(B) }));
+    s.sub_ok(C1, &subscribe_in(&acts), &[(A, 10)]);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    assert!(s.e.status().is_live());
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1))], 11)), ["Apply A 10→11"]);
+    // Pushes for the failed topic are ignored.
+    assert_eq!(kinds(&s.batch(C1, B, vec![upd(B, "k", 1, 21, json!(1))], 21)), Vec::<String>::new());
+}
+
+fn upgrade_required_stops_for_good(code: &str) {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[(A, 10)]);
+    let acts = s.handle(Event::Connected(C1));
+    let join = sends(&acts).remove(0);
+    let refusal = json!({"code": code, "message": "client build too old", "retryable": false,
+        "upgrade_required": true, "min_client_build_id": "2026.02.01", "max_client_build_id": null,
+        "min_schema_version": 1, "max_schema_version": 1, "protocol_version": "khala.ws.v1"});
+    assert_eq!(kinds(&s.reply(C1, &join, false, refusal)), ["Close#1"]);
+    assert_eq!(s.state(), ConnectionState::UpgradeRequired);
+    assert!(matches!(
+        s.e.status().last_error,
+        Some(SyncError::UpgradeRequired { code: ref c, .. }) if c == code
+    ));
+    assert_eq!(s.e.poll_timeout(), None);
+    let mut after = s.advance(3_600_000);
+    for ev in [Event::NetworkChanged, Event::Resume, Event::Start, Event::Timer] {
+        after.extend(s.handle(ev));
+    }
+    assert_eq!(kinds(&after), Vec::<String>::new(), "no further Connect ever");
+    assert_eq!(s.m().connects, 1);
+}
+
+#[test]
+fn upgrade_required_join_reply_stops_syncing() {
+    upgrade_required_stops_for_good("upgrade_required");
+    upgrade_required_stops_for_good("unsupported_client_build");
+}
+
+#[test]
+fn client_heartbeats_every_20s_and_two_missed_replies_reconnect() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let joined = s.now.0;
+    assert_eq!(kinds(&s.advance(19_999)), Vec::<String>::new());
+    let acts = s.advance(1);
+    assert_eq!(kinds(&acts), ["heartbeat#1"]);
+    let hb = sends(&acts).remove(0);
+    assert_eq!(hb.payload, json!({}));
+    s.reply(C1, &hb, true, json!({"subscription_id": "sub_1", "watermarks": []}));
+    // Answered: the next one 20 s later (t = 40 s); from now on no replies, but the server
+    // keeps the socket chatty with its own heartbeat pushes (so silence is not the trigger).
+    assert_eq!(kinds(&s.advance(20_000)), ["heartbeat#1"]);
+    s.advance(10_000);
+    s.push(C1, "sync:heartbeat", json!({"watermarks": []}));
+    assert_eq!(kinds(&s.advance(10_000)), ["heartbeat#1"]);
+    s.advance(10_000);
+    s.push(C1, "sync:heartbeat", json!({"watermarks": []}));
+    // The 40 s and 60 s heartbeats went unanswered: dead at the next tick (t = 80 s).
+    assert_eq!(kinds(&s.advance(9_999)), Vec::<String>::new());
+    assert_eq!(kinds(&s.advance(1)), ["Close#1"]);
+    assert_eq!(s.now.0 - joined, 80_000);
+    assert_eq!(s.state(), ConnectionState::Backoff);
+    assert!(s.due_in().unwrap() <= 250);
+    assert_eq!(kinds(&s.advance(250)), ["Connect#2"]);
+}
+
+#[test]
+fn silence_for_45s_is_a_dead_connection() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let last_rx = s.now.0;
+    let acts = s.advance(44_999);
+    assert_eq!(kinds(&acts), ["heartbeat#1", "heartbeat#1"]);
+    assert_eq!(kinds(&s.advance(1)), ["Close#1"]);
+    assert_eq!(s.now.0 - last_rx, 45_000);
+    assert!(matches!(s.e.status().last_error, Some(SyncError::Transport(_))));
+}
