@@ -119,7 +119,32 @@ impl Endpoint {
 
     /// The Phoenix socket URL. It contains the token: treat it as a secret.
     pub fn socket_url(&self, token: &SyncToken, client: &str, build_id: &str) -> SecretUrl {
-        let scheme = if self.base.scheme() == "https" { "wss" } else { "ws" };
+        let scheme = if self.base.scheme() == "https" {
+            "wss"
+        } else {
+            "ws"
+        };
+        self.socket_url_with_scheme(scheme, token, client, build_id)
+    }
+
+    /// The same URL with the `http(s)://` scheme, for the HTTP/1.1 upgrade request.
+    pub fn socket_upgrade_url(
+        &self,
+        token: &SyncToken,
+        client: &str,
+        build_id: &str,
+    ) -> SecretUrl {
+        let scheme = self.base.scheme().to_owned();
+        self.socket_url_with_scheme(&scheme, token, client, build_id)
+    }
+
+    fn socket_url_with_scheme(
+        &self,
+        scheme: &str,
+        token: &SyncToken,
+        client: &str,
+        build_id: &str,
+    ) -> SecretUrl {
         let rest = self.join(SOCKET_PATH);
         let rest = rest.split_once("://").map_or(rest.as_str(), |(_, r)| r);
         SecretUrl(format!(
@@ -168,9 +193,13 @@ mod tests {
 
     #[test]
     fn urls_are_derived_and_segments_encoded() {
-        let e = Endpoint::parse("https://sync.example.com/base/", false).unwrap_or_else(|_| unreachable!());
+        let e = Endpoint::parse("https://sync.example.com/base/", false)
+            .unwrap_or_else(|_| unreachable!());
         assert_eq!(e.origin(), "https://sync.example.com");
-        assert_eq!(e.token_url(), "https://sync.example.com/base/api/sync/token");
+        assert_eq!(
+            e.token_url(),
+            "https://sync.example.com/base/api/sync/token"
+        );
         let t = Topic::new("runtime.run_summaries").unwrap_or_else(|_| unreachable!());
         let k = DocKey::new("runtime/run_summary:1").unwrap_or_else(|_| unreachable!());
         assert_eq!(
@@ -178,7 +207,9 @@ mod tests {
             "https://sync.example.com/base/api/sync/doc/runtime.run_summaries/runtime%2Frun_summary%3A1"
         );
         let s = e.socket_url(&SyncToken::new("a.b.c"), "khala-sync", "1");
-        assert!(s.expose().starts_with("wss://sync.example.com/base/sync/socket/websocket?token=a.b.c&vsn=2.0.0"));
+        assert!(s.expose().starts_with(
+            "wss://sync.example.com/base/sync/socket/websocket?token=a.b.c&vsn=2.0.0"
+        ));
         assert!(!format!("{s:?}").contains("a.b.c"));
     }
 }

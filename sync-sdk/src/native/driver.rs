@@ -43,6 +43,8 @@ pub(crate) struct Driver {
     pub store: Arc<dyn Store>,
     pub endpoint: Endpoint,
     pub http: reqwest::Client,
+    /// HTTP client for socket upgrades: no overall timeout (the upgraded stream lives long).
+    pub ws_http: reqwest::Client,
     pub credentials: Arc<dyn CredentialProvider>,
     pub token_request: TokenRequest,
     pub client_name: String,
@@ -141,12 +143,15 @@ impl Driver {
                     self.feed(Event::IdentityBound(r));
                 }
                 Action::Connect { conn, token } => {
-                    let url =
-                        self.endpoint
-                            .socket_url(&token, &self.client_name, &self.client_build_id);
+                    let url = self.endpoint.socket_upgrade_url(
+                        &token,
+                        &self.client_name,
+                        &self.client_build_id,
+                    );
                     tracing::debug!(conn = conn.0, "connecting");
                     tokio::spawn(ws::run_connection(
                         conn,
+                        self.ws_http.clone(),
                         url,
                         self.limits.max_frame_bytes,
                         self.io_tx.clone(),

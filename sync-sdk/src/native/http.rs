@@ -50,7 +50,7 @@ fn transport(e: reqwest::Error) -> HttpFailure {
     HttpFailure::Transport(e.without_url().to_string())
 }
 
-async fn failure(resp: reqwest::Response) -> HttpFailure {
+pub(crate) async fn failure(resp: reqwest::Response) -> HttpFailure {
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()

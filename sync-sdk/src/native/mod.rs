@@ -239,12 +239,18 @@ impl SyncClientBuilder {
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| SyncError::Config(format!("HTTP client: {}", e.without_url())))?;
+        let ws_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .http1_only()
+            .build()
+            .map_err(|e| SyncError::Config(format!("HTTP client: {}", e.without_url())))?;
         let metrics = Arc::new(Mutex::new(Metrics::default()));
         let driver = Driver {
             engine,
             store: Arc::clone(&store),
             endpoint,
             http,
+            ws_http,
             credentials,
             token_request: TokenRequest {
                 scopes: opts.scopes.clone(),

@@ -6,7 +6,8 @@
 
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::endpoint::SecretUrl;
@@ -21,8 +22,50 @@ pub(crate) enum WsCmd {
     Close,
 }
 
+/// Opens the socket with our own HTTP/1.1 upgrade (reqwest + rustls) and hands the upgraded
+/// stream to tungstenite without its client handshake. tungstenite's handshake logs the full
+/// request line — token included — at `trace`; this path never formats the URL anywhere.
+async fn open(
+    http: &reqwest::Client,
+    url: &SecretUrl,
+    cfg: WebSocketConfig,
+) -> Result<WebSocketStream<reqwest::Upgraded>, HttpFailure> {
+    use reqwest::header::{
+        CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+    };
+    let key = tungstenite::handshake::client::generate_key();
+    let resp = http
+        .get(url.expose())
+        .header(CONNECTION, "Upgrade")
+        .header(UPGRADE, "websocket")
+        .header(SEC_WEBSOCKET_VERSION, "13")
+        .header(SEC_WEBSOCKET_KEY, &key)
+        .send()
+        .await
+        .map_err(|e| HttpFailure::Transport(e.without_url().to_string()))?;
+    if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(super::http::failure(resp).await);
+    }
+    let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept_ok = resp
+        .headers()
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+    if !accept_ok {
+        return Err(HttpFailure::Transport(
+            "bad Sec-WebSocket-Accept in upgrade response".into(),
+        ));
+    }
+    let upgraded = resp
+        .upgrade()
+        .await
+        .map_err(|e| HttpFailure::Transport(e.without_url().to_string()))?;
+    Ok(WebSocketStream::from_raw_socket(upgraded, Role::Client, Some(cfg)).await)
+}
+
 pub(crate) async fn run_connection(
     conn: ConnId,
+    http: reqwest::Client,
     url: SecretUrl,
     max_frame_bytes: usize,
     events: mpsc::Sender<IoEvent>,
@@ -30,13 +73,10 @@ pub(crate) async fn run_connection(
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(max_frame_bytes);
     cfg.max_frame_size = Some(max_frame_bytes);
-    let connect = tokio_tungstenite::connect_async_with_config(url.expose(), Some(cfg), true);
-    let ws = match connect.await {
-        Ok((ws, _resp)) => ws,
-        Err(e) => {
-            let _ = events
-                .send(IoEvent::ConnectFailed(conn, upgrade_failure(e)))
-                .await;
+    let ws = match open(&http, &url, cfg).await {
+        Ok(ws) => ws,
+        Err(f) => {
+            let _ = events.send(IoEvent::ConnectFailed(conn, f)).await;
             return;
         }
     };
@@ -106,29 +146,5 @@ fn kind_name(e: &tungstenite::Error) -> &'static str {
         tungstenite::Error::WriteBufferFull(_) => "write buffer full",
         tungstenite::Error::AttackAttempt => "attack attempt",
         _ => "other",
-    }
-}
-
-/// Maps an upgrade failure without ever including the URL (it carries the token).
-fn upgrade_failure(e: tungstenite::Error) -> HttpFailure {
-    match e {
-        tungstenite::Error::Http(resp) => {
-            let status = resp.status().as_u16();
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            let parsed = crate::protocol::http::decode_error_body(&body);
-            HttpFailure::Status {
-                status,
-                code: parsed.code,
-                message: parsed
-                    .message
-                    .unwrap_or_else(|| "socket upgrade refused".into()),
-                retry_after: None,
-            }
-        }
-        other => HttpFailure::Transport(describe(&other)),
     }
 }

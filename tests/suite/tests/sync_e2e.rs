@@ -34,9 +34,14 @@ async fn first_run_bootstraps_from_snapshot_then_tails_live() {
     }
     // Live tail.
     let w = srv.publish(RUNS, "live/doc:1", serde_json::json!({"live": true}));
-    let change = tokio::time::timeout(T, changes.next()).await.unwrap().unwrap();
+    let change = tokio::time::timeout(T, changes.next())
+        .await
+        .unwrap()
+        .unwrap();
     match change {
-        Change::Upsert { doc_key, watermark, .. } => {
+        Change::Upsert {
+            doc_key, watermark, ..
+        } => {
             assert_eq!(doc_key.as_str(), "live/doc:1");
             assert_eq!(watermark.get(), w);
         }
@@ -65,7 +70,10 @@ async fn client_restart_resumes_from_watermark_without_snapshot() {
     c2.start().unwrap();
     wait_caught_up(&c2, &srv, T).await;
     let m = c2.metrics();
-    assert_eq!(m.snapshots, 0, "second run must resume, not snapshot: {m:?}");
+    assert_eq!(
+        m.snapshots, 0,
+        "second run must resume, not snapshot: {m:?}"
+    );
     assert_eq!(m.updates_applied, 900, "exactly the missed updates: {m:?}");
     let after = srv.metrics();
     assert_eq!(after.snapshots_started, before.snapshots_started);
@@ -128,7 +136,10 @@ async fn forced_stale_cursor_takes_exactly_one_snapshot_then_tails() {
     wait_caught_up(&c2, &srv, T).await;
     let m = c2.metrics();
     assert_eq!(m.stale_cursors, 1, "{m:?}");
-    assert_eq!(m.snapshots, 1, "exactly one snapshot for the stale topic: {m:?}");
+    assert_eq!(
+        m.snapshots, 1,
+        "exactly one snapshot for the stale topic: {m:?}"
+    );
     seed(&srv, &[RUNS, WORKERS], 30, 3);
     wait_caught_up(&c2, &srv, T).await;
     assert_eq!(c2.metrics().snapshots, 1, "live tail, no further snapshot");
@@ -177,7 +188,11 @@ async fn duplicate_batch_is_applied_once() {
     let w2 = srv.publish(RUNS, "dup/doc2", serde_json::json!({"n": 2}));
     let mut seen = Vec::new();
     while seen.last() != Some(&w2) {
-        match tokio::time::timeout(T, changes.next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(T, changes.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Change::Upsert { watermark, .. } => seen.push(watermark.get()),
             other => panic!("unexpected {other:?}"),
         }
@@ -210,7 +225,10 @@ async fn dropped_connection_mid_replay_leaves_no_gap() {
     let m = c2.metrics();
     assert!(m.reconnects >= 1, "the drop happened: {m:?}");
     assert_eq!(m.snapshots, 0, "{m:?}");
-    assert_eq!(m.updates_applied, 3_000, "every missed update applied exactly once: {m:?}");
+    assert_eq!(
+        m.updates_applied, 3_000,
+        "every missed update applied exactly once: {m:?}"
+    );
     assert_converged(&c2, &srv, RUNS).await;
     c2.shutdown().await;
 }
@@ -228,7 +246,11 @@ async fn token_expiry_mid_stream_is_refreshed_without_losing_the_stream() {
         let srv = srv.clone();
         tokio::spawn(async move {
             for i in 0..100 {
-                srv.publish(RUNS, &format!("expiry/doc:{i}"), serde_json::json!({"i": i}));
+                srv.publish(
+                    RUNS,
+                    &format!("expiry/doc:{i}"),
+                    serde_json::json!({"i": i}),
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -238,7 +260,10 @@ async fn token_expiry_mid_stream_is_refreshed_without_losing_the_stream() {
     pub_task.await.unwrap();
     wait_caught_up(&c, &srv, T).await;
     let m = c.metrics();
-    assert!(m.tokens_fetched > tokens_before, "a new token was fetched: {m:?}");
+    assert!(
+        m.tokens_fetched > tokens_before,
+        "a new token was fetched: {m:?}"
+    );
     assert_eq!(m.snapshots, 1, "never snapshot because of a token: {m:?}");
     assert_eq!(m.gaps, 0, "{m:?}");
     assert!(srv.metrics().reauth_pushes >= 1);
@@ -267,7 +292,11 @@ async fn short_lived_tokens_are_refreshed_proactively() {
     );
     c.start().unwrap();
     for i in 0..40 {
-        srv.publish(RUNS, &format!("refresh/doc:{i}"), serde_json::json!({"i": i}));
+        srv.publish(
+            RUNS,
+            &format!("refresh/doc:{i}"),
+            serde_json::json!({"i": i}),
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wait_caught_up(&c, &srv, T).await;
@@ -292,7 +321,11 @@ async fn large_payloads_are_hydrated_before_commit() {
     wait_caught_up(&c, &srv, T).await;
     let big = "x".repeat(8 * 1024);
     for i in 0..5 {
-        srv.publish(RUNS, &format!("big/doc:{i}"), serde_json::json!({"blob": big, "i": i}));
+        srv.publish(
+            RUNS,
+            &format!("big/doc:{i}"),
+            serde_json::json!({"blob": big, "i": i}),
+        );
     }
     wait_caught_up(&c, &srv, T).await;
     let doc = c
@@ -318,7 +351,11 @@ async fn tombstones_remove_documents() {
     let mut changes = Box::pin(c.changes(topic(RUNS)));
     let key = format!("{RUNS}/doc:000004");
     srv.delete(RUNS, &key);
-    match tokio::time::timeout(T, changes.next()).await.unwrap().unwrap() {
+    match tokio::time::timeout(T, changes.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
         Change::Delete { doc_key, .. } => assert_eq!(doc_key.as_str(), key),
         other => panic!("expected Delete, got {other:?}"),
     }
@@ -346,9 +383,16 @@ async fn forbidden_topic_fails_alone_while_the_allowed_topic_syncs() {
     );
     c.start().unwrap();
     let s = wait_caught_up(&c, &srv, T).await;
-    let workers = s.topics.iter().find(|t| t.topic.as_str() == WORKERS).unwrap();
+    let workers = s
+        .topics
+        .iter()
+        .find(|t| t.topic.as_str() == WORKERS)
+        .unwrap();
     assert_eq!(workers.phase, TopicPhase::Failed);
-    assert_eq!(workers.error.as_ref().map(|e| e.code()), Some("topic_forbidden"));
+    assert_eq!(
+        workers.error.as_ref().map(|e| e.code()),
+        Some("topic_forbidden")
+    );
     let runs = s.topics.iter().find(|t| t.topic.as_str() == RUNS).unwrap();
     assert_eq!(runs.phase, TopicPhase::Live);
     srv.publish(RUNS, "after/doc", serde_json::json!({"ok": true}));
@@ -362,7 +406,13 @@ async fn forbidden_topic_fails_alone_while_the_allowed_topic_syncs() {
 async fn bad_app_credentials_surface_a_typed_auth_error_without_retry_loop() {
     let srv = server(fast_config()).await;
     let dir = tempfile::tempdir().unwrap();
-    let c = client_with(&srv, &[RUNS], &dir.path().join("a.db"), "wrong-app-token", fast_options());
+    let c = client_with(
+        &srv,
+        &[RUNS],
+        &dir.path().join("a.db"),
+        "wrong-app-token",
+        fast_options(),
+    );
     c.start().unwrap();
     let deadline = tokio::time::Instant::now() + T;
     loop {
@@ -372,7 +422,10 @@ async fn bad_app_credentials_surface_a_typed_auth_error_without_retry_loop() {
             assert!(!s.last_error.as_ref().unwrap().is_retryable());
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no auth failure: {s:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no auth failure: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connects = srv.metrics().connections_accepted_total;
@@ -394,7 +447,10 @@ async fn pause_and_resume_reconnect_and_catch_up() {
     c.pause();
     let deadline = tokio::time::Instant::now() + T;
     while srv.metrics().connections_current > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "pause did not close the socket");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pause did not close the socket"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(c.current_status().state, ConnectionState::Paused);

@@ -53,10 +53,12 @@ pub fn client_with(
         .app_bearer_token(app_token)
         .topics(topics.iter().map(|t| topic(t)))
         .options(options);
-    let b = if std::env::var_os("KHALA_TEST_MEMORY").is_some() { b.in_memory() } else { b.database_path(db) };
-    b
-        .build()
-        .expect("client builds")
+    let b = if std::env::var_os("KHALA_TEST_MEMORY").is_some() {
+        b.in_memory()
+    } else {
+        b.database_path(db)
+    };
+    b.build().expect("client builds")
 }
 
 /// Publishes `n` documents spread over `topics`, ~200-byte payloads.
@@ -73,7 +75,11 @@ pub fn seed(server: &DevServer, topics: &[&str], n: usize, version_tag: u64) {
 
 /// Waits until every non-failed topic is live and its committed watermark equals the
 /// server's head.
-pub async fn wait_caught_up(client: &SyncClient, server: &DevServer, timeout: Duration) -> SyncStatus {
+pub async fn wait_caught_up(
+    client: &SyncClient,
+    server: &DevServer,
+    timeout: Duration,
+) -> SyncStatus {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let s = client.current_status();
@@ -85,7 +91,10 @@ pub async fn wait_caught_up(client: &SyncClient, server: &DevServer, timeout: Du
             return s;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("not caught up after {timeout:?}: {s:#?}\nmetrics: {:#?}", client.metrics());
+            panic!(
+                "not caught up after {timeout:?}: {s:#?}\nmetrics: {:#?}",
+                client.metrics()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -111,10 +120,23 @@ pub async fn assert_converged(client: &SyncClient, server: &DevServer, topic_nam
     let remote: BTreeMap<String, (u64, String, String)> = server
         .state(topic_name)
         .into_iter()
-        .map(|d| (d.doc_key, (d.doc_version, d.payload_hash, canonical(&d.payload))))
+        .map(|d| {
+            (
+                d.doc_key,
+                (d.doc_version, d.payload_hash, canonical(&d.payload)),
+            )
+        })
         .collect();
-    let missing: Vec<_> = remote.keys().filter(|k| !local.contains_key(*k)).take(5).collect();
-    let extra: Vec<_> = local.keys().filter(|k| !remote.contains_key(*k)).take(5).collect();
+    let missing: Vec<_> = remote
+        .keys()
+        .filter(|k| !local.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = local
+        .keys()
+        .filter(|k| !remote.contains_key(*k))
+        .take(5)
+        .collect();
     let differ: Vec<_> = remote
         .iter()
         .filter(|(k, v)| local.get(*k).is_some_and(|l| l != *v))
