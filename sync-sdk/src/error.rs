@@ -60,7 +60,9 @@ pub enum SyncError {
         message: String,
     },
     /// The server reported the cursor stale again right after a fresh snapshot; backing off.
-    #[error("topic {topic} stayed stale after {snapshots} fresh snapshot(s); retrying with backoff")]
+    #[error(
+        "topic {topic} stayed stale after {snapshots} fresh snapshot(s); retrying with backoff"
+    )]
     StaleLoop {
         /// Topic.
         topic: Topic,

@@ -6,9 +6,9 @@
 //! Layers follow the data path: [`protocol`] (wire codecs) → [`engine`] (sans-IO state
 //! machine) → [`store`] (documents + watermarks, committed together) → driver → API.
 
-pub mod protocol;
 pub mod engine;
 pub mod error;
+pub mod protocol;
 pub mod store;
 
 pub use error::SyncError;
@@ -21,8 +21,9 @@ pub use protocol::{DocKey, Topic, Watermark};
 pub use store::StoredDoc;
 
 #[cfg(feature = "native")]
-pub use native::{ClientOptions, CredentialProvider, CredentialsFuture, SyncClient, SyncClientBuilder};
-
+pub use native::{
+    ClientOptions, CredentialProvider, CredentialsFuture, SyncClient, SyncClientBuilder,
+};
 
 /// Compiles the README's code blocks as doc tests.
 #[cfg(doctest)]
