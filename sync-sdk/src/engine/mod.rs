@@ -904,7 +904,10 @@ impl Engine {
         for &i in idx {
             let ts = &mut self.topics[i];
             topics.push(ts.topic.clone());
-            if !ts.window_resync {
+            // Only the window-resync subscribe itself omits the cursor; once its first
+            // position is accepted, later subscribes resume from the committed watermark
+            // (a cursor-less resubscribe would replay from the retention floor forever).
+            if !(ts.window_resync && ts.accept_jump) {
                 resume.push((ts.topic.clone(), ts.committed));
             }
             ts.phase = TopicPhase::Subscribing;

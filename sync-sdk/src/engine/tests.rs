@@ -1082,3 +1082,181 @@ fn silence_for_45s_is_a_dead_connection() {
     assert_eq!(s.now.0 - last_rx, 45_000);
     assert!(matches!(s.e.status().last_error, Some(SyncError::Transport(_))));
 }
+
+/// Fails `n` connection attempts in a row; returns each wait before the next `Connect`.
+fn fail_connects(s: &mut Sim, first: u64, n: u64) -> Vec<u64> {
+    let mut waits = Vec::new();
+    for id in first..first + n {
+        let acts = s.handle(Event::ConnectFailed(
+            ConnId(id),
+            HttpFailure::Transport("connection refused".into()),
+        ));
+        assert_eq!(kinds(&acts), [format!("Close#{id}")]);
+        assert_eq!(s.state(), ConnectionState::Backoff);
+        let wait = s.due_in().unwrap();
+        waits.push(wait);
+        assert_eq!(kinds(&s.advance(wait)), [format!("Connect#{}", id + 1)]);
+    }
+    waits
+}
+
+#[test]
+fn reconnect_backoff_is_full_jitter_and_resets_after_a_stable_connection() {
+    let (base, cap) = (250u64, 30_000u64);
+    let mut by_attempt: Vec<Vec<u64>> = vec![Vec::new(); 10];
+    for seed in 0..40 {
+        let mut c = cfg(&[A]);
+        c.seed = seed;
+        let mut s = Sim::with_cfg(c);
+        s.start_with(&[(A, 10)]);
+        for (n, w) in fail_connects(&mut s, 1, 10).into_iter().enumerate() {
+            let ceiling = cap.min(base << n);
+            assert!(w <= ceiling, "seed {seed} attempt {n}: {w} > {ceiling}");
+            by_attempt[n].push(w);
+        }
+        assert_eq!(s.e.reconnect_backoff.attempt(), 10);
+        // Attempt 11 joins and stays up for `stable_after` (10 s): the backoff resets.
+        s.join(ConnId(11));
+        s.advance(9_999);
+        assert_eq!(s.e.reconnect_backoff.attempt(), 10);
+        s.advance(1);
+        assert_eq!(s.e.reconnect_backoff.attempt(), 0);
+        assert_eq!(kinds(&s.handle(Event::Disconnected(ConnId(11), "reset".into()))), ["Close#11"]);
+        assert!(s.due_in().unwrap() <= base);
+        assert_eq!(s.m().reconnects, 10);
+    }
+    // Full jitter: the delays spread over the whole window [0, ceiling], not near its top.
+    for (n, ws) in by_attempt.iter().enumerate().skip(3) {
+        let ceiling = cap.min(base << n);
+        assert!(ws.iter().any(|&w| w < ceiling / 4), "attempt {n}: {ws:?}");
+        assert!(ws.iter().any(|&w| w > ceiling * 3 / 4), "attempt {n}: {ws:?}");
+    }
+}
+
+#[test]
+fn a_connection_dropping_before_stable_after_keeps_growing_the_backoff() {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[(A, 10)]);
+    fail_connects(&mut s, 1, 3);
+    s.join(ConnId(4));
+    s.advance(5_000);
+    s.handle(Event::Disconnected(ConnId(4), "reset".into()));
+    assert_eq!(s.e.reconnect_backoff.attempt(), 4);
+    assert!(s.due_in().unwrap() <= 2_000);
+}
+
+#[test]
+fn token_401_is_auth_failed_without_retry_until_resume() {
+    let mut s = Sim::new(&[A]);
+    assert_eq!(kinds(&s.handle(Event::Start)), ["FetchToken"]);
+    let acts = s.handle(Event::TokenFetched(Err(http_status(401, "unauthorized", None))));
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert_eq!(s.state(), ConnectionState::AuthFailed);
+    assert!(matches!(
+        s.e.status().last_error,
+        Some(SyncError::Auth { status: 401, .. })
+    ));
+    assert_eq!(s.e.poll_timeout(), None);
+    let mut later = s.advance(24 * 3_600_000);
+    later.extend(s.handle(Event::Timer));
+    later.extend(s.handle(Event::NetworkChanged));
+    assert_eq!(kinds(&later), Vec::<String>::new(), "no retry loop");
+    // The app signed in again.
+    assert_eq!(kinds(&s.handle(Event::Resume)), ["FetchToken"]);
+    assert_eq!(kinds(&s.token(grant(300, None))), ["BindIdentity"]);
+}
+
+#[test]
+fn token_401_while_connected_closes_and_waits_for_resume() {
+    let mut s = Sim::live(&[(A, 10)]);
+    s.push(C1, "sync:error", json!({"code": "reauth_required", "message": "expired"}));
+    let acts = s.handle(Event::TokenFetched(Err(http_status(401, "unauthorized", None))));
+    assert_eq!(kinds(&acts), ["Close#1"]);
+    assert_eq!(s.state(), ConnectionState::AuthFailed);
+    assert_eq!(kinds(&s.advance(600_000)), Vec::<String>::new());
+    assert_eq!(kinds(&s.handle(Event::Resume)), ["FetchToken"]);
+    // Same identity: no rebind, straight to a new socket.
+    assert_eq!(kinds(&s.token(grant(300, None))), ["Connect#2"]);
+    assert_eq!(kinds(&s.join(C2)), ["subscribe#2[A@10]"]);
+}
+
+#[test]
+fn token_503_retries_no_sooner_than_retry_after() {
+    let mut s = Sim::new(&[A]);
+    s.handle(Event::Start);
+    let f = http_status(503, "sync_token_unavailable", Some(Duration::from_secs(7)));
+    assert_eq!(kinds(&s.handle(Event::TokenFetched(Err(f)))), Vec::<String>::new());
+    assert_eq!(s.state(), ConnectionState::Backoff);
+    assert_eq!(s.e.status().next_retry_at, Some(Millis(s.now.0 + 7_000)));
+    assert_eq!(kinds(&s.advance(6_999)), Vec::<String>::new());
+    assert_eq!(kinds(&s.advance(1)), ["FetchToken"]);
+    // 5xx without Retry-After: plain backoff window.
+    let f = http_status(502, "bad_gateway", None);
+    s.handle(Event::TokenFetched(Err(f)));
+    assert!(s.due_in().unwrap() <= 500);
+    let wait = s.due_in().unwrap();
+    assert_eq!(kinds(&s.advance(wait)), ["FetchToken"]);
+}
+
+#[test]
+fn server_heartbeat_watermarks_are_never_persisted() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let acts = s.push(C1, "sync:heartbeat", json!({"watermarks": [{"topic": A, "watermark": 99}]}));
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert_eq!(s.wm(A), 10);
+    // The reply to our own heartbeat carries delivered watermarks too: informational only.
+    let acts = s.advance(20_000);
+    let hb = sends(&acts).remove(0);
+    let acts = s.reply(C1, &hb, true, json!({"subscription_id": "sub_1",
+        "watermarks": [{"topic": A, "watermark": 120}]}));
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert_eq!(s.wm(A), 10);
+    assert_eq!(s.m().updates_applied, 0);
+    // A later reconnect resumes from the committed watermark, not the delivered one.
+    s.handle(Event::Disconnected(C1, "bye".into()));
+    s.handle(Event::NetworkChanged);
+    assert_eq!(kinds(&s.join(C2)), ["subscribe#2[A@10]"]);
+}
+
+#[test]
+fn snapshot_404_falls_back_to_window_resync() {
+    let mut s = Sim::new(&[A, B]);
+    assert_eq!(
+        kinds(&s.start_with(&[(B, 20)])),
+        ["BeginSnapshot A", "Connect#1"]
+    );
+    assert_eq!(kinds(&s.join(C1)), ["subscribe#1[B@20]"]);
+    s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
+    let acts = s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        Err(http_status(404, "not_found", None)),
+    ));
+    // Resubscribe without resume_after: the server replays its retained window.
+    assert_eq!(kinds(&acts), ["subscribe#1[A]"]);
+    let sub_a = subscribe_in(&acts);
+    assert!(sub_a.payload.get("resume_after").is_none());
+    assert!(s.topic_status(A).resynced_from_window);
+    // The retained window starts at 500: the first replayed jump is accepted…
+    let acts = s.batch(C1, A, vec![upd(A, "k", 9, 500, json!(1)), upd(A, "k", 10, 501, json!(2))], 501);
+    assert_eq!(kinds(&acts), ["Apply A 0→501"]);
+    s.apply_ok(&acts);
+    s.sub_ok(C1, &sub_a, &[(A, 501)]);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    assert!(s.topic_status(A).resynced_from_window);
+    assert_eq!(s.m().gaps, 0);
+    // …but only the first one: a later gap resubscribes *with* the committed cursor, so the
+    // server can say stale instead of replaying the window from its floor again and again.
+    let acts = s.batch(C1, A, vec![upd(A, "k", 12, 503, json!(3))], 503);
+    assert_eq!(kinds(&acts), ["subscribe#1[A@501]"]);
+    assert_eq!(s.m().gaps, 1);
+    let acts = s.reply(C1, &subscribe_in(&acts), false, stale_for(A));
+    assert_eq!(kinds(&acts), ["BeginSnapshot A"]);
+    s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(2))));
+    let acts = s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        Err(http_status(404, "not_found", None)),
+    ));
+    assert_eq!(kinds(&acts), ["subscribe#1[A]"]);
+    let acts = s.batch(C1, A, vec![upd(A, "k", 20, 700, json!(4))], 700);
+    assert_eq!(kinds(&acts), ["Apply A 501→700"]);
+}
