@@ -514,7 +514,12 @@ impl Engine {
             self.actions.push_back(Action::Close(id));
             return;
         }
-        let Some(c) = self.conn.take().filter(|c| c.id == id) else {
+        // Check before taking: a late event for an abandoned connection must not drop
+        // the current one.
+        if self.conn.as_ref().map(|c| c.id) != Some(id) {
+            return;
+        }
+        let Some(c) = self.conn.take() else {
             return;
         };
         self.actions.push_back(Action::Close(id));
@@ -1301,7 +1306,10 @@ impl Engine {
         }
         for (i, ups) in groups {
             let ts = &mut self.topics[i];
+            // A topic waiting out a store-retry backoff resubscribes from its committed
+            // watermark when the timer fires; until then its pushes are dropped.
             if ts.subscribed_on != Some(id)
+                || ts.retry_at.is_some()
                 || matches!(
                     ts.phase,
                     TopicPhase::Bootstrapping | TopicPhase::Failed | TopicPhase::Idle

@@ -1260,3 +1260,249 @@ fn snapshot_404_falls_back_to_window_resync() {
     let acts = s.batch(C1, A, vec![upd(A, "k", 20, 700, json!(4))], 700);
     assert_eq!(kinds(&acts), ["Apply A 501→700"]);
 }
+
+#[test]
+fn snapshot_pages_with_different_watermarks_restart_the_snapshot() {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[]);
+    s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
+    let p1 = snapshot_page(A, 100, vec![snap_doc("k1", 1, json!(1))], Some("c1"));
+    s.handle(Event::SnapshotPageFetched(topic(A), Ok(p1)));
+    assert_eq!(
+        kinds(&s.handle(Event::SnapshotPageStored(topic(A), Ok(())))),
+        ["FetchSnapshotPage A cursor=c1"]
+    );
+    let p2 = snapshot_page(A, 120, vec![snap_doc("k2", 1, json!(2))], None);
+    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(p2)));
+    assert_eq!(kinds(&acts), ["BeginSnapshot A"], "not one snapshot: start over");
+    assert_eq!(s.wm(A), 0);
+    assert_eq!(s.m().snapshots, 2);
+    // The restart begins from the first page again, under the new generation.
+    let acts = s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(2))));
+    assert_eq!(kinds(&acts), ["FetchSnapshotPage A cursor=-"]);
+    let p = snapshot_page(A, 120, vec![snap_doc("k1", 1, json!(1)), snap_doc("k2", 1, json!(2))], None);
+    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(p)));
+    match &acts[..] {
+        [Action::StoreSnapshotPage {
+            generation, finish, ..
+        }, ..] => {
+            assert_eq!(*generation, SnapshotGen(2));
+            assert_eq!(*finish, Some(Watermark(120)));
+        }
+        other => panic!("{:?}", kinds(other)),
+    }
+    s.join(C1);
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@120]"]);
+}
+
+#[test]
+fn pause_closes_the_socket_and_resume_reconnects() {
+    let mut s = Sim::live(&[(A, 10)]);
+    assert_eq!(kinds(&s.handle(Event::Pause)), ["Close#1"]);
+    assert_eq!(s.state(), ConnectionState::Paused);
+    assert_eq!(s.e.poll_timeout(), None);
+    assert_eq!(s.phase(A), TopicPhase::Idle);
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1))], 11)), Vec::<String>::new());
+    assert_eq!(kinds(&s.advance(600_000)), Vec::<String>::new());
+    assert_eq!(kinds(&s.handle(Event::NetworkChanged)), Vec::<String>::new());
+    // Token expired during the pause (300 s): a fresh one first, then the socket.
+    assert_eq!(kinds(&s.handle(Event::Resume)), ["FetchToken"]);
+    assert_eq!(kinds(&s.token(grant(300, None))), ["Connect#2"]);
+    assert_eq!(kinds(&s.join(C2)), ["subscribe#2[A@10]"]);
+}
+
+#[test]
+fn short_pause_resumes_with_the_current_token() {
+    let mut s = Sim::live(&[(A, 10)]);
+    s.handle(Event::Pause);
+    s.advance(5_000);
+    assert_eq!(kinds(&s.handle(Event::Resume)), ["Connect#2"]);
+    assert_eq!(kinds(&s.join(C2)), ["subscribe#2[A@10]"]);
+}
+
+#[test]
+fn network_change_during_backoff_reconnects_immediately() {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[(A, 10)]);
+    fail_connects(&mut s, 1, 6);
+    s.handle(Event::ConnectFailed(ConnId(7), HttpFailure::Transport("offline".into())));
+    assert_eq!(s.state(), ConnectionState::Backoff);
+    assert_eq!(kinds(&s.handle(Event::NetworkChanged)), ["Connect#8"]);
+    assert_eq!(s.e.reconnect_backoff.attempt(), 0);
+    // A joined connection is left alone.
+    s.join(ConnId(8));
+    assert_eq!(kinds(&s.handle(Event::NetworkChanged)), Vec::<String>::new());
+}
+
+#[test]
+fn watermark_conflict_resubscribes_from_the_stored_watermark() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let acts = s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1)), upd(A, "k", 2, 12, json!(2))], 12);
+    let acts = s.handle(Event::Applied(
+        topic(A),
+        Err(StoreError::WatermarkConflict {
+            topic: topic(A),
+            expected: applies(&acts)[0].expected_watermark,
+            found: Watermark(15),
+        }),
+    ));
+    assert_eq!(kinds(&acts), ["subscribe#1[A@15]"]);
+    assert_eq!(s.wm(A), 15);
+    let acts = s.batch(C1, A, vec![upd(A, "k", 6, 16, json!(6))], 16);
+    assert_eq!(kinds(&acts), ["Apply A 15→16"]);
+}
+
+#[test]
+fn disk_full_is_surfaced_and_retried_later_without_advancing() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let acts = s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1)), upd(A, "k", 2, 12, json!(2))], 12);
+    let acts = s.handle(Event::Applied(topic(A), Err(StoreError::DiskFull)));
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert_eq!(s.e.status().last_error, Some(SyncError::Store(StoreError::DiskFull)));
+    assert_eq!(s.wm(A), 10);
+    assert_eq!(s.m().batches_committed, 0);
+    // Live pushes during the backoff do not hammer the full disk (nor resubscribe early).
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k", 3, 13, json!(3))], 13)), Vec::<String>::new());
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1))], 13)), Vec::<String>::new());
+    assert_eq!(s.m().gaps, 0);
+    let wait = s.due_in().unwrap();
+    assert!(wait <= 250);
+    assert_eq!(kinds(&s.advance(wait)), ["subscribe#1[A@10]"]);
+    let replay: Vec<Value> = (11..=13).map(|w| upd(A, "k", w - 10, w, json!(w))).collect();
+    let acts = s.batch(C1, A, replay, 13);
+    assert_eq!(kinds(&acts), ["Apply A 10→13"]);
+    s.apply_ok(&acts);
+    assert_eq!(s.wm(A), 13);
+}
+
+#[test]
+fn head_below_committed_in_subscribe_reply_triggers_a_snapshot() {
+    let mut s = Sim::new(&[A, B]);
+    s.start_with(&[(A, 50), (B, 20)]);
+    let sub = subscribe_in(&s.join(C1));
+    // The server lost its log: head 20 < our 50.
+    let acts = s.sub_ok(C1, &sub, &[(A, 20), (B, 20)]);
+    assert_eq!(kinds(&acts), ["BeginSnapshot A"]);
+    assert_eq!(s.m().stale_cursors, 1);
+    assert_eq!(s.phase(B), TopicPhase::Live);
+    let acts = run_snapshot(&mut s, A, 1, 20);
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@20]"]);
+    assert_eq!(s.wm(A), 20);
+}
+
+#[test]
+fn malformed_oversize_and_unknown_frames_are_counted_and_survived() {
+    let mut c = cfg(&[A]);
+    c.decode_limits.max_frame_bytes = 64 * 1024;
+    let mut s = Sim::with_cfg(c);
+    s.start_with(&[(A, 10)]);
+    let sub = subscribe_in(&s.join(C1));
+    s.sub_ok(C1, &sub, &[(A, 10)]);
+    let before = s.m().decode_errors;
+    let junk: Vec<String> = vec![
+        String::new(),
+        "not json".into(),
+        "{}".into(),
+        "[1,2]".into(),
+        "[null,null,\"sync:v1\",\"phx_reply\",{}]".into(),
+        "[\"1\",null,\"sync:v1\",\"sync:whatever\",{}]".into(),
+        "[\"1\",null,\"sync:v1\",\"sync:update_batch\",{\"updates\":\"nope\"}]".into(),
+        json!(["1", null, "sync:v1", "sync:update_batch", {"updates": [
+            {"topic": A, "doc_key": "k", "doc_version": 1, "payload": 1, "payload_hash": "zzz", "watermark": 11}]}])
+        .to_string(),
+        json!(["1", null, "sync:v1", "sync:update_batch", {"updates": [
+            {"topic": A, "doc_key": "k", "doc_version": 1, "payload": 1, "watermark": -1}]}])
+        .to_string(),
+        json!(["1", null, "sync:v1", "sync:error", {"message": "no code"}]).to_string(),
+        "[".repeat(10_000),
+        format!("[\"1\",null,\"sync:v1\",\"sync:heartbeat\",{{\"pad\":\"{}\"}}]", "x".repeat(70_000)),
+        "[\"1\",null,\"sync:v1\",\"sync:update_batch\",{\"updates\":[],\"x\":\"\u{fffd}\\ud800\"}]".into(),
+    ];
+    let n = junk.len() as u64;
+    for text in junk {
+        let acts = s.handle(Event::Frame(C1, text));
+        assert_eq!(kinds(&acts), Vec::<String>::new());
+    }
+    // The last one (lone surrogate escape) may or may not decode; all others must not.
+    assert!(s.m().decode_errors - before >= n - 1, "{}", s.m().decode_errors - before);
+    assert!(matches!(s.e.status().last_error, Some(SyncError::Protocol(_))));
+    assert_eq!(s.state(), ConnectionState::Connected);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    assert_eq!(kinds(&s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1))], 11)), ["Apply A 10→11"]);
+}
+
+#[test]
+fn frames_from_an_old_connection_are_ignored() {
+    let mut s = Sim::live(&[(A, 10)]);
+    s.handle(Event::Disconnected(C1, "reset".into()));
+    assert_eq!(kinds(&s.handle(Event::NetworkChanged)), ["Connect#2"]);
+    let sub = subscribe_in(&s.join(C2));
+    let frames = s.m().frames_received;
+    let stale_sub = Sent {
+        conn: C1,
+        ..sub.clone()
+    };
+    let mut acts = s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1))], 11);
+    acts.extend(s.push(C1, "sync:error", stale_for(A)));
+    acts.extend(s.reply(C1, &stale_sub, true, json!({"current_watermarks": [{"topic": A, "watermark": 1}]})));
+    acts.extend(s.push(C1, "phx_close", json!({})));
+    acts.extend(s.handle(Event::Disconnected(C1, "late".into())));
+    acts.extend(s.handle(Event::Connected(C1)));
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert_eq!(s.m().frames_received, frames);
+    assert_eq!(s.phase(A), TopicPhase::Subscribing);
+    // A late `Disconnected` for the old socket leaves the current one alone.
+    assert_eq!(s.state(), ConnectionState::Connected);
+    assert!(s.e.poll_timeout().is_some());
+    s.sub_ok(C2, &sub, &[(A, 10)]);
+    assert_eq!(s.phase(A), TopicPhase::Live);
+}
+
+#[test]
+fn legacy_sync_frame_is_ignored() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let batch = json!({"updates": [upd(A, "k", 1, 11, json!(1))], "replay_complete": true,
+                       "head_watermarks": [{"topic": A, "watermark": 11}]});
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.encode(batch.to_string());
+    let acts = s.push(
+        C1,
+        "sync:frame",
+        json!({"topic": A, "seq": 11, "kind": "KHALA_FRAME_KIND_UPDATE_BATCH",
+               "payload_bytes": bytes, "schema_version": 1}),
+    );
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert_eq!(s.m().decode_errors, 0);
+    assert_eq!(s.wm(A), 10);
+    // The real batch (sent alongside) is applied exactly once.
+    assert_eq!(kinds(&s.push(C1, "sync:update_batch", batch)), ["Apply A 10→11"]);
+}
+
+#[test]
+fn shutdown_leaves_closes_and_then_nothing() {
+    let mut s = Sim::live(&[(A, 10)]);
+    let acts = s.handle(Event::Shutdown);
+    assert_eq!(kinds(&acts), ["leave#1", "Close#1"]);
+    assert_eq!(s.state(), ConnectionState::Stopped);
+    assert_eq!(s.e.poll_timeout(), None);
+    let mut after = Vec::new();
+    after.extend(s.batch(C1, A, vec![upd(A, "k", 1, 11, json!(1))], 11));
+    after.extend(s.push(C1, "sync:error", stale_for(A)));
+    for ev in [
+        Event::Timer,
+        Event::NetworkChanged,
+        Event::Resume,
+        Event::Start,
+        Event::Pause,
+        Event::Shutdown,
+        Event::Connected(C1),
+        Event::Disconnected(C1, "x".into()),
+        Event::TokenFetched(Ok(grant(300, None))),
+        Event::SnapshotBegun(topic(A), Ok(SnapshotGen(9))),
+    ] {
+        after.extend(s.handle(ev));
+    }
+    after.extend(s.advance(3_600_000));
+    assert!(after.is_empty(), "{after:?}");
+}
