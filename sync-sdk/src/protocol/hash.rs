@@ -153,10 +153,14 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::Object(map) => {
-            // serde_json's default Map is a BTreeMap<String, _>: iteration is already in
-            // byte order of the keys, which is exactly UTF-8 byte order.
+            // Sort explicitly by UTF-8 bytes. serde_json's default Map is a BTreeMap (already
+            // in this order), but any crate in a build enabling serde_json's
+            // `preserve_order` feature (feature unification) would silently turn it into
+            // insertion order and change every hash.
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
             out.push(b'{');
-            for (i, (k, v)) in map.iter().enumerate() {
+            for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
