@@ -1197,3 +1197,71 @@ fn names_and_watermarks() {
     assert_eq!(format!("{:?}", Watermark(3)), "W3");
     assert_eq!(ProtocolError::InvalidHash("x").code(), "invalid_payload_hash");
 }
+
+// ---------------------------------------------------------------------------------------
+// §2.2 subscribe request: both resume_after forms decode (server view)
+// ---------------------------------------------------------------------------------------
+
+fn payload_of(frame: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(frame).unwrap();
+    v[4].to_string()
+}
+
+#[test]
+fn subscribe_request_map_form_round_trips_encoder() {
+    let frame = phoenix::encode_subscribe(
+        "1",
+        "2",
+        &[t(RUNS), t(WORKERS)],
+        &[(t(WORKERS), Watermark(7)), (t(RUNS), Watermark(1800))],
+        200,
+    );
+    let req = phoenix::decode_subscribe_request(&payload_of(&frame), &DecodeLimits::default()).unwrap();
+    assert_eq!(req.topics, vec![t(RUNS), t(WORKERS)]);
+    assert_eq!(req.resume_after, vec![tw(WORKERS, 7), tw(RUNS, 1800)], "map form is in key order");
+    assert_eq!(req.replay_batch_size, Some(200));
+
+    let frame = phoenix::encode_subscribe("1", "2", &[t(RUNS)], &[], 50);
+    let req = phoenix::decode_subscribe_request(&payload_of(&frame), &DecodeLimits::default()).unwrap();
+    assert!(req.resume_after.is_empty());
+}
+
+#[test]
+fn subscribe_request_list_form_and_defaults() {
+    let l = DecodeLimits::default();
+    let req = phoenix::decode_subscribe_request(
+        r#"{"topics":["runtime.run_summaries"],"resume_after":[{"topic":"runtime.run_summaries","watermark":1800}],"replay_batch_size":200}"#,
+        &l,
+    )
+    .unwrap();
+    assert_eq!(req.resume_after, vec![tw(RUNS, 1800)]);
+    let req = phoenix::decode_subscribe_request(r#"{"topics":["runtime.run_summaries"]}"#, &l).unwrap();
+    assert!(req.resume_after.is_empty());
+    assert_eq!(req.replay_batch_size, None);
+    let req = phoenix::decode_subscribe_request(
+        r#"{"topics":["runtime.run_summaries"],"resume_after":null}"#,
+        &l,
+    )
+    .unwrap();
+    assert!(req.resume_after.is_empty());
+    let req = phoenix::decode_subscribe_request(r#"{"topics":[],"resume_after":{}}"#, &l).unwrap();
+    assert!(req.topics.is_empty() && req.resume_after.is_empty());
+    for bad in [
+        r#"{}"#,
+        r#"{"topics":"runtime.run_summaries"}"#,
+        r#"{"topics":[1]}"#,
+        r#"{"topics":[""]}"#,
+        r#"{"topics":["t"],"resume_after":{"t":-1}}"#,
+        r#"{"topics":["t"],"resume_after":{"t":"5"}}"#,
+        r#"{"topics":["t"],"resume_after":{"":5}}"#,
+        r#"{"topics":["t"],"resume_after":[{"topic":"t"}]}"#,
+        r#"{"topics":["t"],"resume_after":5}"#,
+        r#"{"topics":["t"],"replay_batch_size":-5}"#,
+    ] {
+        assert!(is_malformed(phoenix::decode_subscribe_request(bad, &l)), "{bad}");
+    }
+    assert!(matches!(
+        phoenix::decode_subscribe_request(r#"{"topics":["t"]}"#, &DecodeLimits { max_frame_bytes: 4 }),
+        Err(ProtocolError::TooLarge { .. })
+    ));
+}

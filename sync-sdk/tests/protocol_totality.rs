@@ -31,6 +31,7 @@ const SNAPSHOT: &str = r#"{"topic":"runtime.run_summaries","snapshot_watermark":
 const DOC: &str = r#"{"doc_key":"runtime/run_summary:big","doc_version":5,"payload":{"x":[1,2,{"y":null}]},"payload_hash":"sha256:43258cff783fe7036d8a43033f830adfc60ec037382473548ac742b888292777","watermark":1950}"#;
 const ERROR_BODY: &str = r#"{"message":"Unauthenticated.","error":{"code":"unauthorized","message":"app session missing"}}"#;
 const SERVER_ERROR: &str = r#"{"code":"stale_cursor","message":"m","reason_codes":["retention_floor_breach","replay_budget_exceeded"],"stale_topics":[{"topic":"t","reason":"replay_budget_exceeded","resume_after":1,"head_watermark":90}],"topic":"t"}"#;
+const SUBSCRIBE: &str = r#"{"topics":["runtime.run_summaries","runtime.codex_worker_summaries"],"resume_after":[{"topic":"runtime.run_summaries","watermark":1800}],"replay_batch_size":200}"#;
 const HASH: &str = "QyWM/3g/5wNtikMDP4MK38YOwDc4JHNUisdCuIgpJ3c=";
 const PAYLOAD: &str = r#"{"topic":"runtime.codex_worker_summaries","payload":{"status":"running","metadata":{"region":"us-central1","flags":["a","b","c"]},"seq":99},"doc_key":"org_123:worker_456"}"#;
 
@@ -69,6 +70,9 @@ fn run_all(s: &str) {
     if let Err(e) = decode_doc_response(s, &l) {
         assert_typed(&e);
     }
+    if let Err(e) = phoenix::decode_subscribe_request(s, &l) {
+        assert_typed(&e);
+    }
     let _ = decode_error_body(s);
     if let Err(e) = ServerError::from_json(s) {
         assert_typed(&e);
@@ -91,7 +95,7 @@ fn assert_typed(e: &ProtocolError) {
 
 fn golden() -> impl Strategy<Value = String> {
     let mut all: Vec<&'static str> = FRAMES.to_vec();
-    all.extend([TOKEN, SNAPSHOT, DOC, ERROR_BODY, SERVER_ERROR, HASH, PAYLOAD]);
+    all.extend([TOKEN, SNAPSHOT, DOC, ERROR_BODY, SERVER_ERROR, SUBSCRIBE, HASH, PAYLOAD]);
     prop::sample::select(all).prop_map(str::to_string)
 }
 
@@ -307,6 +311,7 @@ proptest! {
         prop_assert!(too_large(decode_token_response(&s, &l).map(|_| ()), "token"));
         prop_assert!(too_large(decode_snapshot_page(&s, &l).map(|_| ()), "snapshot"));
         prop_assert!(too_large(decode_doc_response(&s, &l).map(|_| ()), "doc"));
+        prop_assert!(too_large(phoenix::decode_subscribe_request(&s, &l).map(|_| ()), "subscribe"));
     }
 }
 

@@ -279,3 +279,46 @@ pub fn encode_leave(join_ref: &str, reference: &str) -> String {
         &serde_json::json!({}),
     )
 }
+
+/// A `sync:subscribe` payload as a server reads it (PROTOCOL.md §2.2): `resume_after` may be
+/// the map form `{topic: n}` (what [`encode_subscribe`] sends) or the list form
+/// `[{"topic": …, "watermark": n}]`; both normalise to a list. For servers and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SubscribeRequest {
+    /// Requested topics, in request order.
+    pub topics: Vec<Topic>,
+    /// Cursors per topic (map form in key order, list form as given); absent/null = none.
+    #[serde(default, deserialize_with = "resume_after_either_form")]
+    pub resume_after: Vec<TopicWatermark>,
+    /// Requested page size, if given (servers default to 200 and clamp to 1..=1000).
+    #[serde(default)]
+    pub replay_batch_size: Option<u64>,
+}
+
+fn resume_after_either_form<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<TopicWatermark>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Map(std::collections::BTreeMap<Topic, Watermark>),
+        List(Vec<TopicWatermark>),
+    }
+    Ok(match Option::<Either>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Either::Map(m)) => m
+            .into_iter()
+            .map(|(topic, watermark)| TopicWatermark { topic, watermark })
+            .collect(),
+        Some(Either::List(l)) => l,
+    })
+}
+
+/// Decodes a `sync:subscribe` payload object (the fifth element of the client frame).
+pub fn decode_subscribe_request(
+    payload: &str,
+    limits: &DecodeLimits,
+) -> Result<SubscribeRequest, ProtocolError> {
+    limits.check("sync:subscribe", payload.len())?;
+    serde_json::from_str(payload).map_err(|e| ProtocolError::json("sync:subscribe", e))
+}
