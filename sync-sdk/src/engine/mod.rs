@@ -935,6 +935,7 @@ impl Engine {
 
     fn on_subscribed(&mut self, id: ConnId, requested: &[Topic], ok: &SubscribeOk) {
         let mut reset = Vec::new();
+        let mut heal = Vec::new();
         for t in requested {
             let Some(i) = self.topic_idx(t) else { continue };
             let ts = &mut self.topics[i];
@@ -956,6 +957,21 @@ impl Engine {
                 ts.snapshot_backoff.reset();
                 ts.error = None;
             }
+            // The replay is over (the server replies after its last page) and nothing is
+            // left to apply, yet we are below the reported head: a replay page was lost
+            // (gaps are not resubscribed while a subscribe is pending). Heal it once.
+            if ts.phase == TopicPhase::Live
+                && !ts.busy()
+                && ts.queue.is_empty()
+                && !ts.accept_jump
+                && ts.head.is_some_and(|h| h > ts.committed)
+            {
+                heal.push(i);
+            }
+        }
+        for i in heal {
+            self.metrics.gaps += 1;
+            self.resubscribe(i);
         }
         for i in reset {
             self.metrics.stale_cursors += 1;

@@ -1764,3 +1764,38 @@ fn same_seed_and_script_give_identical_actions() {
         "token never printed"
     );
 }
+
+#[test]
+fn gap_inside_the_replay_is_healed_after_the_subscribe_reply() {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[(A, 10)]);
+    let sub = subscribe_in(&s.join(C1));
+    // The first replay page arrives garbled and is dropped…
+    let acts = s.handle(Event::Frame(
+        C1,
+        "[\"1\",null,\"sync:v1\",\"sync:update_batch\",{\"updates\":[".into(),
+    ));
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert_eq!(s.m().decode_errors, 1);
+    // …so the next page starts with a gap: no resubscribe while the subscribe is pending.
+    let page2 = vec![upd(A, "k", 3, 13, json!(3)), upd(A, "k", 4, 14, json!(4))];
+    assert_eq!(kinds(&s.batch(C1, A, page2, 14)), Vec::<String>::new());
+    // The reply says head 14 but we hold 10: heal with one resubscribe from committed.
+    let acts = s.sub_ok(C1, &sub, &[(A, 14)]);
+    assert_eq!(kinds(&acts), ["subscribe#1[A@10]"]);
+    let sub2 = subscribe_in(&acts);
+    assert_eq!(s.m().gaps, 1);
+    let replay: Vec<Value> = (11..=14)
+        .map(|w| upd(A, "k", w - 10, w, json!(w)))
+        .collect();
+    let acts = s.batch(C1, A, replay, 14);
+    assert_eq!(kinds(&acts), ["Apply A 10→14"]);
+    s.apply_ok(&acts);
+    assert_eq!(
+        kinds(&s.sub_ok(C1, &sub2, &[(A, 14)])),
+        Vec::<String>::new()
+    );
+    assert_eq!(s.phase(A), TopicPhase::Live);
+    assert_eq!(s.wm(A), 14);
+    assert_eq!(s.m().gaps, 1);
+}
