@@ -1,8 +1,12 @@
 //! In-memory store: the reference model of the store semantics, used by tests and for
-//! `persist: false`. Same rules as SQLite (see the module docs of `store`).
+//! `persist: false`. Same rules as SQLite (see the module docs of `store`); the conformance
+//! tests run every scenario against both and compare them on random operation sequences.
+//!
+//! Plain `std` only (no tokio, no rusqlite), so it also backs the wasm32 build. Every method
+//! does its work under the mutex before returning an already-ready future.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use super::{
     ApplyBatch, ApplyOutcome, DocWrite, Identity, IdentityCheck, SnapshotGen, Store, StoreError,
@@ -10,19 +14,25 @@ use super::{
 };
 use crate::protocol::{DocKey, Topic, Watermark};
 
+type Docs = BTreeMap<DocKey, StoredDoc>;
+
 #[derive(Debug, Default)]
 struct TopicData {
+    /// Committed watermark (what readers and `apply` see).
     watermark: Watermark,
-    docs: BTreeMap<DocKey, StoredDoc>,
-    generation: u64,
-    staged: Option<(u64, BTreeMap<DocKey, StoredDoc>)>,
+    /// Committed documents.
+    docs: Docs,
+    /// The snapshot being loaded, invisible until `finish_snapshot`.
+    staged: Option<(SnapshotGen, Docs)>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     identity: Option<Identity>,
     topics: HashMap<Topic, TopicData>,
-    next_gen: u64,
+    /// Last generation handed out; never reset (not even by an identity wipe), so a stale
+    /// [`SnapshotGen`] is never mistaken for a current one.
+    last_gen: u64,
 }
 
 /// A store that lives in memory only.
@@ -37,101 +47,131 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut g = self.inner.lock().map_err(|_| StoreError::Other("store mutex poisoned".into()))?;
-        f(&mut g)
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Other("memory store mutex poisoned".into()))
+    }
+
+    /// Runs `f` under the lock; the work is done before the (ready) future is returned.
+    fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<T, StoreError>,
+    ) -> StoreFuture<'_, T> {
+        let result = self.lock().and_then(|mut g| f(&mut g));
+        Box::pin(std::future::ready(result))
     }
 }
 
-fn stored(topic: &Topic, w: &DocWrite, payload: String) -> StoredDoc {
+fn stored(topic: &Topic, w: &DocWrite, payload: &str) -> StoredDoc {
     StoredDoc {
         topic: topic.clone(),
         doc_key: w.doc_key.clone(),
         doc_version: w.doc_version,
-        payload,
+        payload: payload.to_owned(),
         payload_hash: w.payload_hash,
         watermark: w.watermark,
         verified: w.verified,
     }
 }
 
+/// Writes `w` into `docs` following the never-regress rule. An upsert needs a version newer
+/// than the stored one (`>=` when `replace_equal`, used inside a snapshot); a tombstone
+/// deletes when its version is `>=` the stored one. Returns false when a stored document
+/// was kept instead.
+fn write_doc(docs: &mut Docs, topic: &Topic, w: &DocWrite, replace_equal: bool) -> bool {
+    let current = docs.get(&w.doc_key).map(|d| d.doc_version);
+    match &w.payload {
+        Some(p) => {
+            let newer = match current {
+                None => true,
+                Some(v) if replace_equal => w.doc_version >= v,
+                Some(v) => w.doc_version > v,
+            };
+            if newer {
+                docs.insert(w.doc_key.clone(), stored(topic, w, p));
+            }
+            newer
+        }
+        None => match current {
+            Some(v) if v > w.doc_version => false,
+            Some(_) => {
+                docs.remove(&w.doc_key);
+                true
+            }
+            None => true,
+        },
+    }
+}
+
+fn stale(topic: Topic) -> StoreError {
+    StoreError::StaleSnapshot(topic)
+}
+
 impl Store for MemoryStore {
     fn bind_identity(&self, identity: Identity) -> StoreFuture<'_, IdentityCheck> {
-        let r = self.with(|g| {
-            Ok(match &g.identity {
-                None => {
-                    g.identity = Some(identity);
-                    IdentityCheck::Fresh
-                }
-                Some(cur) if *cur == identity => IdentityCheck::Same,
+        self.with(|g| {
+            let check = match &g.identity {
+                None => IdentityCheck::Fresh,
+                Some(current) if *current == identity => return Ok(IdentityCheck::Same),
                 Some(_) => {
                     g.topics.clear();
-                    g.identity = Some(identity);
                     IdentityCheck::Replaced
                 }
-            })
-        });
-        Box::pin(std::future::ready(r))
+            };
+            g.identity = Some(identity);
+            Ok(check)
+        })
     }
 
     fn watermarks(&self) -> StoreFuture<'_, Vec<(Topic, Watermark)>> {
-        let r = self.with(|g| {
-            let mut v: Vec<(Topic, Watermark)> =
-                g.topics.iter().map(|(t, d)| (t.clone(), d.watermark)).collect();
+        self.with(|g| {
+            let mut v: Vec<(Topic, Watermark)> = g
+                .topics
+                .iter()
+                .map(|(t, d)| (t.clone(), d.watermark))
+                .collect();
             v.sort();
             Ok(v)
-        });
-        Box::pin(std::future::ready(r))
+        })
     }
 
     fn apply(&self, batch: ApplyBatch) -> StoreFuture<'_, ApplyOutcome> {
-        let r = self.with(|g| {
-            let td = g.topics.entry(batch.topic.clone()).or_default();
-            if td.watermark != batch.expected_watermark {
+        self.with(move |g| {
+            let found = g
+                .topics
+                .get(&batch.topic)
+                .map_or(Watermark(0), |t| t.watermark);
+            if found != batch.expected_watermark {
                 return Err(StoreError::WatermarkConflict {
-                    topic: batch.topic.clone(),
+                    topic: batch.topic,
                     expected: batch.expected_watermark,
-                    found: td.watermark,
+                    found,
                 });
             }
-            let mut kept_local = Vec::new();
-            for (i, w) in batch.writes.iter().enumerate() {
-                let current = td.docs.get(&w.doc_key).map(|d| d.doc_version);
-                match &w.payload {
-                    Some(p) => {
-                        if current.is_some_and(|v| v >= w.doc_version) {
-                            kept_local.push(i);
-                        } else {
-                            td.docs.insert(w.doc_key.clone(), stored(&batch.topic, w, p.clone()));
-                        }
-                    }
-                    None => {
-                        if current.is_some_and(|v| v > w.doc_version) {
-                            kept_local.push(i);
-                        } else {
-                            td.docs.remove(&w.doc_key);
-                        }
-                    }
-                }
-            }
+            let td = g.topics.entry(batch.topic.clone()).or_default();
+            let kept_local = batch
+                .writes
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| !write_doc(&mut td.docs, &batch.topic, w, false))
+                .map(|(i, _)| i)
+                .collect();
             td.watermark = batch.new_watermark;
             Ok(ApplyOutcome {
                 watermark: td.watermark,
                 kept_local,
             })
-        });
-        Box::pin(std::future::ready(r))
+        })
     }
 
     fn begin_snapshot(&self, topic: Topic) -> StoreFuture<'_, SnapshotGen> {
-        let r = self.with(|g| {
-            g.next_gen += 1;
-            let generation = g.next_gen;
-            let td = g.topics.entry(topic).or_default();
-            td.staged = Some((generation, BTreeMap::new()));
-            Ok(SnapshotGen(generation))
-        });
-        Box::pin(std::future::ready(r))
+        self.with(|g| {
+            g.last_gen += 1;
+            let generation = SnapshotGen(g.last_gen);
+            g.topics.entry(topic).or_default().staged = Some((generation, Docs::new()));
+            Ok(generation)
+        })
     }
 
     fn put_snapshot_page(
@@ -140,21 +180,20 @@ impl Store for MemoryStore {
         generation: SnapshotGen,
         docs: Vec<DocWrite>,
     ) -> StoreFuture<'_, ()> {
-        let r = self.with(|g| {
-            let td = g.topics.entry(topic.clone()).or_default();
-            match &mut td.staged {
-                Some((gen, staged)) if *gen == generation.0 => {
-                    for w in &docs {
-                        if let Some(p) = &w.payload {
-                            staged.insert(w.doc_key.clone(), stored(&topic, w, p.clone()));
-                        }
-                    }
-                    Ok(())
-                }
-                _ => Err(StoreError::StaleSnapshot(topic)),
+        self.with(move |g| {
+            let Some((_, staged)) = g
+                .topics
+                .get_mut(&topic)
+                .and_then(|t| t.staged.as_mut())
+                .filter(|(current, _)| *current == generation)
+            else {
+                return Err(stale(topic));
+            };
+            for w in &docs {
+                write_doc(staged, &topic, w, true);
             }
-        });
-        Box::pin(std::future::ready(r))
+            Ok(())
+        })
     }
 
     fn finish_snapshot(
@@ -163,36 +202,37 @@ impl Store for MemoryStore {
         generation: SnapshotGen,
         snapshot_watermark: Watermark,
     ) -> StoreFuture<'_, ()> {
-        let r = self.with(|g| {
-            let td = g.topics.entry(topic.clone()).or_default();
-            match td.staged.take() {
-                Some((gen, staged)) if gen == generation.0 => {
-                    td.docs = staged;
-                    td.generation = gen;
-                    td.watermark = snapshot_watermark;
-                    Ok(())
-                }
-                other => {
-                    td.staged = other;
-                    Err(StoreError::StaleSnapshot(topic))
-                }
+        self.with(move |g| {
+            let Some(td) = g
+                .topics
+                .get_mut(&topic)
+                .filter(|t| t.staged.as_ref().is_some_and(|(s, _)| *s == generation))
+            else {
+                return Err(stale(topic));
+            };
+            if let Some((_, staged)) = td.staged.take() {
+                td.docs = staged;
+                td.watermark = snapshot_watermark;
             }
-        });
-        Box::pin(std::future::ready(r))
+            Ok(())
+        })
     }
 
     fn get(&self, topic: Topic, doc_key: DocKey) -> StoreFuture<'_, Option<StoredDoc>> {
-        let r = self.with(|g| Ok(g.topics.get(&topic).and_then(|t| t.docs.get(&doc_key)).cloned()));
-        Box::pin(std::future::ready(r))
+        self.with(move |g| {
+            Ok(g.topics
+                .get(&topic)
+                .and_then(|t| t.docs.get(&doc_key))
+                .cloned())
+        })
     }
 
     fn list(&self, topic: Topic) -> StoreFuture<'_, Vec<StoredDoc>> {
-        let r = self.with(|g| {
+        self.with(move |g| {
             Ok(g.topics
                 .get(&topic)
                 .map(|t| t.docs.values().cloned().collect())
                 .unwrap_or_default())
-        });
-        Box::pin(std::future::ready(r))
+        })
     }
 }

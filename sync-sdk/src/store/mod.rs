@@ -9,9 +9,11 @@
 //! - `apply` is compare-and-set on the watermark: it fails with
 //!   [`StoreError::WatermarkConflict`] unless the stored watermark equals
 //!   `ApplyBatch::expected_watermark`, so a batch can never be applied twice.
-//! - A document's `doc_version` never regresses: an upsert or tombstone whose version is not
-//!   newer than the stored one is skipped (and reported in [`ApplyOutcome::kept_local`]), yet the
-//!   watermark still advances.
+//! - A document's `doc_version` never regresses: an upsert whose version is not newer than the
+//!   stored one, or a tombstone whose version is older than it, is skipped (and reported in
+//!   [`ApplyOutcome::kept_local`]), yet the watermark still advances. A tombstone of the stored
+//!   version deletes (it describes the deletion of exactly that document); a tombstone for an
+//!   absent document is a no-op, not a skip.
 //! - Snapshots are staged under a new generation and swapped in by `finish_snapshot` in one
 //!   transaction; until then readers see the previous data and watermark, and no visible
 //!   document is ever newer than its topic's visible watermark.
@@ -29,7 +31,7 @@ pub use memory::MemoryStore;
 #[cfg(feature = "native")]
 mod sqlite;
 #[cfg(feature = "native")]
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, SqliteSynchronous, SCHEMA_VERSION};
 
 #[cfg(test)]
 mod conformance;

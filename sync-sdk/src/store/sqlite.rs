@@ -1,28 +1,61 @@
 //! The durable store: SQLite (rusqlite, bundled), WAL, versioned migrations.
 //!
-//! Schema (version 1):
-//! ```sql
-//! khala_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)   -- schema_version, identity
-//! khala_topics(topic TEXT PRIMARY KEY, watermark INTEGER NOT NULL,
-//!              snapshot_gen INTEGER NOT NULL,       -- generation readers see
-//!              staged_gen INTEGER,                  -- snapshot being loaded, if any
-//!              snapshot_watermark INTEGER, updated_at INTEGER)
-//! khala_docs(topic TEXT, snapshot_gen INTEGER, doc_key TEXT, doc_version INTEGER NOT NULL,
-//!            payload TEXT NOT NULL, payload_hash TEXT, watermark INTEGER NOT NULL,
-//!            verified INTEGER NOT NULL, PRIMARY KEY(topic, snapshot_gen, doc_key)) WITHOUT ROWID
-//! ```
-//! `snapshot_gen` is part of the documents' key (DESIGN.md had it as a column only): a snapshot
-//! writes each row once, under a staged generation readers do not see, and `finish_snapshot`
-//! flips the topic's generation, deletes the old rows and sets the watermark in one
-//! transaction. So the old data stays readable until the swap and no visible document is ever
-//! newer than its topic's visible watermark — even if the process is killed mid-snapshot.
+//! # Schema (version 1)
 //!
-//! All SQLite work runs on tokio's blocking pool (`spawn_blocking`) over one connection
-//! behind a mutex: writes are serialised by SQLite anyway, and the async executor never
-//! blocks on disk.
+//! ```sql
+//! khala_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
+//!     -- schema_version, identity_server, identity_subject, identity_org, last_snapshot_gen
+//! khala_topics(topic TEXT PRIMARY KEY,
+//!              watermark INTEGER NOT NULL,     -- last applied seq (0 = nothing yet)
+//!              snapshot_gen INTEGER NOT NULL,  -- generation readers see (0 = never snapshotted)
+//!              staged_gen INTEGER,             -- snapshot being loaded, if any
+//!              snapshot_watermark INTEGER,     -- watermark of the last finished snapshot
+//!              updated_at INTEGER)             -- unix seconds of the last commit
+//! khala_docs(topic TEXT NOT NULL, snapshot_gen INTEGER NOT NULL, doc_key TEXT NOT NULL,
+//!            doc_version INTEGER NOT NULL, payload TEXT NOT NULL,
+//!            payload_hash TEXT,                -- wire form (base64), NULL = none sent
+//!            watermark INTEGER NOT NULL,       -- update that last wrote the doc
+//!            verified INTEGER NOT NULL,        -- 0 = hash mismatch kept after a resync
+//!            PRIMARY KEY(topic, snapshot_gen, doc_key)) WITHOUT ROWID
+//! ```
+//!
+//! The version is in `PRAGMA user_version` and in the `khala_meta` row `schema_version`; a
+//! newer one is refused ([`StoreError::SchemaTooNew`]), a SQLite file with tables but no
+//! `khala_meta` is another application's ([`StoreError::Foreign`]) and is left untouched.
+//!
+//! # Snapshot generations
+//!
+//! `snapshot_gen` is part of the documents' key (DESIGN.md had it as a plain column): a
+//! snapshot writes each row once, under `staged_gen`, which readers and `apply` ignore — they
+//! join on the topic's committed `snapshot_gen`. `finish_snapshot` deletes every other
+//! generation of the topic and sets `watermark`, `snapshot_gen` and `snapshot_watermark` in
+//! one transaction. So the old data stays readable until the swap, and no visible document is
+//! ever newer than its topic's visible watermark, even if the process dies mid-snapshot.
+//! `begin_snapshot` drops an unfinished generation first. Generation numbers come from the
+//! `last_snapshot_gen` meta counter, which an identity wipe keeps, so a stale
+//! [`SnapshotGen`] is never mistaken for a new one.
+//!
+//! # Apply
+//!
+//! One `BEGIN IMMEDIATE` transaction: compare-and-set on the watermark (a topic without a row
+//! has watermark 0), upserts guarded by `WHERE excluded.doc_version > doc_version` (a skipped
+//! upsert changes no row, which is how `kept_local` is detected), tombstones that delete only
+//! when their version is `>=` the stored one, then the new watermark. Any error drops the
+//! transaction, which rolls it back: committed data is never touched by a failed batch.
+//!
+//! # Identity
+//!
+//! `bind_identity` records server, subject and org in `khala_meta`. Another identity **wipes**
+//! every document and topic in the same transaction that records the new owner and reports
+//! [`IdentityCheck::Replaced`]: the store is a cache of server data, so refusing would only
+//! force every app to write the delete-and-retry path itself.
+//!
+//! Versions and watermarks are `u64` in Rust and `INTEGER` (i64) in SQLite; values above
+//! `i64::MAX` (never produced by a JSON server) are stored as `i64::MAX`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
@@ -32,47 +65,65 @@ use super::{
 };
 use crate::protocol::{DocKey, PayloadHash, Topic, Watermark};
 
-/// Newest schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+mod schema;
+mod worker;
+
+pub use schema::SCHEMA_VERSION;
+use worker::Worker;
+
+/// `PRAGMA synchronous` for the store (SQLite's durability/speed trade-off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSynchronous {
+    /// `NORMAL`: with WAL this never corrupts the file; a power loss may lose the last
+    /// commits, which the server replays on the next start (the watermark went with them).
+    #[default]
+    Normal,
+    /// `FULL`: every commit is on disk before `apply` returns (slower on mobile flash).
+    Full,
+}
 
 /// Options of [`SqliteStore::open`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteOptions {
-    /// Open read-only (inspection tools; every write fails with `ReadOnly`).
+    /// Open read-only (inspection tools): nothing is created or migrated, and every write
+    /// fails with [`StoreError::ReadOnly`].
     pub read_only: bool,
-    /// `PRAGMA synchronous=FULL` instead of `NORMAL`. With WAL, `NORMAL` never corrupts and
-    /// at worst loses the last commits on power loss (they are then replayed from the server).
-    pub synchronous_full: bool,
-    /// `PRAGMA wal_autocheckpoint` in pages (SQLite default 1000).
+    /// Durability of each commit.
+    pub synchronous: SqliteSynchronous,
+    /// `PRAGMA wal_autocheckpoint` in pages (SQLite's default is 1000, about 4 MB).
     pub wal_autocheckpoint: u32,
-    /// How long to wait for another process's lock before `Busy`.
-    pub busy_timeout: std::time::Duration,
+    /// How long to wait for another process's lock before failing with
+    /// [`StoreError::Busy`].
+    pub busy_timeout: Duration,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
             read_only: false,
-            synchronous_full: false,
+            synchronous: SqliteSynchronous::Normal,
             wal_autocheckpoint: 1000,
-            busy_timeout: std::time::Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
         }
     }
 }
 
-/// SQLite-backed [`Store`].
+/// SQLite-backed [`Store`]. Cheap to clone (clones share one connection).
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    worker: Arc<Worker>,
     path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
+/// Maps a SQLite failure to the typed error the app can act on.
 pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
     match &e {
         rusqlite::Error::SqliteFailure(f, msg) => match f.code {
@@ -84,15 +135,20 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Busy,
             _ => StoreError::Other(e.to_string()),
         },
+        // A stored value that does not decode: the file was damaged or written by someone else.
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
         _ => StoreError::Other(e.to_string()),
     }
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the database at `path`, migrating it to the current schema.
+    /// Opens (or creates) the database at `path` and migrates it to [`SCHEMA_VERSION`].
     ///
-    /// Errors: `Corrupt` (not a database / damaged), `Foreign` (another application's
-    /// SQLite file), `SchemaTooNew`, `ReadOnly`, `Busy`.
+    /// Errors: [`StoreError::Corrupt`] (not a database, or damaged), [`StoreError::Foreign`]
+    /// (another application's SQLite file; left untouched), [`StoreError::SchemaTooNew`],
+    /// [`StoreError::ReadOnly`] (read-only and not yet created/migrated), [`StoreError::Busy`].
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let flags = if options.read_only {
@@ -106,74 +162,48 @@ impl SqliteStore {
         Self::init(conn, &options, Some(path.to_path_buf()))
     }
 
-    /// A private in-memory SQLite database (tests).
+    /// A private, empty in-memory SQLite database (tests, benchmarks).
     pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
         let conn = Connection::open_in_memory().map_err(map_err)?;
         Self::init(conn, &SqliteOptions::default(), None)
     }
 
-    fn init(conn: Connection, options: &SqliteOptions, path: Option<PathBuf>) -> Result<SqliteStore, StoreError> {
+    fn init(
+        mut conn: Connection,
+        options: &SqliteOptions,
+        path: Option<PathBuf>,
+    ) -> Result<SqliteStore, StoreError> {
         conn.busy_timeout(options.busy_timeout).map_err(map_err)?;
-        // The first real read: a non-database file fails here with NOTADB.
-        let version: u32 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(map_err)?;
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0))
-            .map_err(map_err)?;
-        let has_meta: bool = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='khala_meta'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(map_err)?
-            > 0;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if tables > 0 && !has_meta {
-            return Err(StoreError::Foreign);
-        }
-        if !options.read_only {
-            let journal: String = conn
-                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-                .map_err(map_err)?;
-            if !journal.eq_ignore_ascii_case("wal") && path.is_some() {
-                tracing::warn!(journal, "SQLite refused WAL mode");
+        let version = schema::check(&conn)?;
+        if options.read_only {
+            if version < SCHEMA_VERSION {
+                return Err(StoreError::ReadOnly);
             }
-            conn.execute_batch(&format!(
-                "PRAGMA synchronous={}; PRAGMA wal_autocheckpoint={};",
-                if options.synchronous_full { "FULL" } else { "NORMAL" },
-                options.wal_autocheckpoint
-            ))
-            .map_err(map_err)?;
-            if version < 1 {
-                migrate_v1(&conn)?;
+        } else {
+            // Before any transaction: the journal mode cannot change inside one.
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+                Ok(mode) if !mode.eq_ignore_ascii_case("wal") && path.is_some() => {
+                    tracing::warn!(mode, "SQLite refused WAL journal mode");
+                }
+                Ok(_) => {}
+                // A write-protected file stays readable; writes report `ReadOnly` later.
+                Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == ErrorCode::ReadOnly => {}
+                Err(e) => return Err(map_err(e)),
             }
-        } else if version < SCHEMA_VERSION {
-            return Err(StoreError::ReadOnly);
-        }
-        if let Some(v) = conn
-            .query_row("SELECT value FROM khala_meta WHERE key='schema_version'", [], |r| {
-                r.get::<_, String>(0)
-            })
-            .optional()
-            .map_err(map_err)?
-        {
-            let v: u32 = v.parse().map_err(|_| StoreError::Corrupt("bad schema_version".into()))?;
-            if v > SCHEMA_VERSION {
-                return Err(StoreError::SchemaTooNew {
-                    found: v,
-                    supported: SCHEMA_VERSION,
-                });
+            if version < SCHEMA_VERSION {
+                schema::migrate(&mut conn)?;
             }
         }
+        let synchronous = match options.synchronous {
+            SqliteSynchronous::Normal => "NORMAL",
+            SqliteSynchronous::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
+            .map_err(map_err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", options.wal_autocheckpoint)
+            .map_err(map_err)?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            worker: Arc::new(Worker::spawn(conn)?),
             path,
         })
     }
@@ -183,53 +213,36 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut c = conn.lock().map_err(|_| StoreError::Other("connection mutex poisoned".into()))?;
-                f(&mut c)
-            })
-            .await
-            .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+        Box::pin(self.worker.run(f))
+    }
+
+    /// Waits for queued operations, then closes the database (for every clone). Later calls
+    /// fail with [`StoreError::Closed`]. Dropping the last clone does the same.
+    pub fn close(&self) {
+        self.worker.close();
+    }
+
+    /// Runs `PRAGMA integrity_check`; true when SQLite answers `ok`.
+    pub fn integrity_check(&self) -> StoreFuture<'_, bool> {
+        self.run(|c| {
+            let r: String = c
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .map_err(map_err)?;
+            Ok(r == "ok")
         })
     }
 
-    /// `PRAGMA integrity_check` == "ok" (crash tests).
-    pub fn integrity_check(&self) -> Result<bool, StoreError> {
-        let c = self.conn.lock().map_err(|_| StoreError::Closed)?;
-        let r: String = c
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(map_err)?;
-        Ok(r == "ok")
+    /// Runs raw SQL on the connection (tests: `PRAGMA max_page_count` and the like).
+    #[cfg(test)]
+    pub(crate) fn execute_batch_for_test(&self, sql: &'static str) -> StoreFuture<'_, ()> {
+        self.run(move |c| c.execute_batch(sql).map_err(map_err))
     }
-}
 
-fn migrate_v1(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         CREATE TABLE IF NOT EXISTS khala_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS khala_topics(
-             topic TEXT PRIMARY KEY,
-             watermark INTEGER NOT NULL,
-             snapshot_gen INTEGER NOT NULL,
-             staged_gen INTEGER,
-             snapshot_watermark INTEGER,
-             updated_at INTEGER);
-         CREATE TABLE IF NOT EXISTS khala_docs(
-             topic TEXT NOT NULL,
-             snapshot_gen INTEGER NOT NULL,
-             doc_key TEXT NOT NULL,
-             doc_version INTEGER NOT NULL,
-             payload TEXT NOT NULL,
-             payload_hash TEXT,
-             watermark INTEGER NOT NULL,
-             verified INTEGER NOT NULL,
-             PRIMARY KEY(topic, snapshot_gen, doc_key)) WITHOUT ROWID;
-         INSERT OR REPLACE INTO khala_meta(key, value) VALUES('schema_version', '1');
-         PRAGMA user_version = 1;
-         COMMIT;",
-    )
-    .map_err(map_err)
+    /// Runs a one-value query on the connection (tests).
+    #[cfg(test)]
+    pub(crate) fn query_i64_for_test(&self, sql: &'static str) -> StoreFuture<'_, i64> {
+        self.run(move |c| c.query_row(sql, [], |r| r.get(0)).map_err(map_err))
+    }
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -240,85 +253,204 @@ fn u64_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// `(watermark, snapshot_gen, staged_gen)` of a topic; creates the row if missing.
-fn topic_row(tx: &rusqlite::Transaction<'_>, topic: &str) -> Result<(u64, i64, Option<i64>), StoreError> {
-    let row = tx
-        .query_row(
-            "SELECT watermark, snapshot_gen, staged_gen FROM khala_topics WHERE topic=?1",
-            [topic],
-            |r| Ok((u64_of(r.get(0)?), r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)),
-        )
-        .optional()
-        .map_err(map_err)?;
-    match row {
-        Some(r) => Ok(r),
-        None => {
-            tx.execute(
-                "INSERT INTO khala_topics(topic, watermark, snapshot_gen) VALUES(?1, 0, 0)",
-                [topic],
-            )
-            .map_err(map_err)?;
-            Ok((0, 0, None))
-        }
+fn hash_text(h: Option<PayloadHash>) -> Option<String> {
+    h.map(|h| h.to_base64())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64_of(d.as_secs()))
+}
+
+/// A topic's row: `(watermark, committed snapshot_gen, staged_gen)`.
+struct TopicRow {
+    watermark: u64,
+    generation: i64,
+    staged: Option<i64>,
+}
+
+fn topic_row(c: &Connection, topic: &Topic) -> Result<Option<TopicRow>, StoreError> {
+    c.prepare_cached(
+        "SELECT watermark, snapshot_gen, staged_gen FROM khala_topics WHERE topic = ?1",
+    )
+    .map_err(map_err)?
+    .query_row([topic.as_str()], |r| {
+        Ok(TopicRow {
+            watermark: u64_of(r.get(0)?),
+            generation: r.get(1)?,
+            staged: r.get(2)?,
+        })
+    })
+    .optional()
+    .map_err(map_err)
+}
+
+/// Fails with `StaleSnapshot` unless `generation` is the topic's staged generation.
+fn require_staged(
+    c: &Connection,
+    topic: &Topic,
+    generation: SnapshotGen,
+) -> Result<i64, StoreError> {
+    let g = i64_of(generation.0);
+    match topic_row(c, topic)? {
+        Some(row) if row.staged == Some(g) => Ok(g),
+        _ => Err(StoreError::StaleSnapshot(topic.clone())),
     }
 }
 
+fn conversion_error(e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+}
+
 fn read_doc(topic: &Topic, r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredDoc> {
-    let key: String = r.get(0)?;
-    let hash: Option<String> = r.get(3)?;
+    let hash = r
+        .get::<_, Option<String>>(3)?
+        .map(|h| PayloadHash::parse(&h))
+        .transpose()
+        .map_err(conversion_error)?;
     Ok(StoredDoc {
         topic: topic.clone(),
-        doc_key: DocKey::new(key).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+        doc_key: DocKey::new(r.get::<_, String>(0)?).map_err(conversion_error)?,
         doc_version: u64_of(r.get(1)?),
         payload: r.get(2)?,
-        payload_hash: hash.and_then(|h| PayloadHash::parse(&h).ok()),
+        payload_hash: hash,
         watermark: Watermark(u64_of(r.get(4)?)),
         verified: r.get::<_, i64>(5)? != 0,
     })
 }
 
-const DOC_COLUMNS: &str = "d.doc_key, d.doc_version, d.payload, d.payload_hash, d.watermark, d.verified";
+fn meta_get(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    c.prepare_cached("SELECT value FROM khala_meta WHERE key = ?1")
+        .map_err(map_err)?
+        .query_row([key], |r| r.get(0))
+        .optional()
+        .map_err(map_err)
+}
+
+fn meta_put(c: &Connection, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+    match value {
+        Some(v) => c
+            .prepare_cached(
+                "INSERT INTO khala_meta(key, value) VALUES(?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )
+            .map_err(map_err)?
+            .execute([key, v]),
+        None => c
+            .prepare_cached("DELETE FROM khala_meta WHERE key = ?1")
+            .map_err(map_err)?
+            .execute([key]),
+    }
+    .map(drop)
+    .map_err(map_err)
+}
+
+/// Upserts one document into generation `g`; returns false when the stored version is newer
+/// or equal (`strictly_newer`) / strictly newer (`!strictly_newer`) and the row was kept.
+fn upsert_doc(
+    c: &Connection,
+    topic: &Topic,
+    g: i64,
+    w: &DocWrite,
+    payload: &str,
+    strictly_newer: bool,
+) -> Result<bool, StoreError> {
+    let sql = if strictly_newer {
+        "INSERT INTO khala_docs(topic, snapshot_gen, doc_key, doc_version, payload, payload_hash,
+                                watermark, verified)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(topic, snapshot_gen, doc_key) DO UPDATE SET
+             doc_version = excluded.doc_version, payload = excluded.payload,
+             payload_hash = excluded.payload_hash, watermark = excluded.watermark,
+             verified = excluded.verified
+         WHERE excluded.doc_version > khala_docs.doc_version"
+    } else {
+        "INSERT INTO khala_docs(topic, snapshot_gen, doc_key, doc_version, payload, payload_hash,
+                                watermark, verified)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(topic, snapshot_gen, doc_key) DO UPDATE SET
+             doc_version = excluded.doc_version, payload = excluded.payload,
+             payload_hash = excluded.payload_hash, watermark = excluded.watermark,
+             verified = excluded.verified
+         WHERE excluded.doc_version >= khala_docs.doc_version"
+    };
+    let changed = c
+        .prepare_cached(sql)
+        .map_err(map_err)?
+        .execute(params![
+            topic.as_str(),
+            g,
+            w.doc_key.as_str(),
+            i64_of(w.doc_version),
+            payload,
+            hash_text(w.payload_hash),
+            i64_of(w.watermark.get()),
+            i64::from(w.verified),
+        ])
+        .map_err(map_err)?;
+    Ok(changed > 0)
+}
+
+/// Deletes a document of generation `g` if `version >=` the stored one. Returns false when a
+/// newer document was kept (an absent document is not "kept").
+fn delete_doc(c: &Connection, topic: &Topic, g: i64, w: &DocWrite) -> Result<bool, StoreError> {
+    let deleted = c
+        .prepare_cached(
+            "DELETE FROM khala_docs
+             WHERE topic = ?1 AND snapshot_gen = ?2 AND doc_key = ?3 AND doc_version <= ?4",
+        )
+        .map_err(map_err)?
+        .execute(params![
+            topic.as_str(),
+            g,
+            w.doc_key.as_str(),
+            i64_of(w.doc_version)
+        ])
+        .map_err(map_err)?;
+    if deleted > 0 {
+        return Ok(true);
+    }
+    let exists = c
+        .prepare_cached(
+            "SELECT 1 FROM khala_docs WHERE topic = ?1 AND snapshot_gen = ?2 AND doc_key = ?3",
+        )
+        .map_err(map_err)?
+        .exists(params![topic.as_str(), g, w.doc_key.as_str()])
+        .map_err(map_err)?;
+    Ok(!exists)
+}
+
+fn read_identity(c: &Connection) -> Result<Option<Identity>, StoreError> {
+    let Some(server) = meta_get(c, "identity_server")? else {
+        return Ok(None);
+    };
+    Ok(Some(Identity {
+        server,
+        subject: meta_get(c, "identity_subject")?,
+        org: meta_get(c, "identity_org")?,
+    }))
+}
 
 impl Store for SqliteStore {
     fn bind_identity(&self, identity: Identity) -> StoreFuture<'_, IdentityCheck> {
         self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let get = |k: &str| -> Result<Option<String>, StoreError> {
-                tx.query_row("SELECT value FROM khala_meta WHERE key=?1", [k], |r| r.get(0))
-                    .optional()
-                    .map_err(map_err)
-            };
-            let server = get("identity_server")?;
-            let current = server.map(|server| -> Result<Identity, StoreError> {
-                Ok(Identity {
-                    server,
-                    subject: get("identity_subject")?,
-                    org: get("identity_org")?,
-                })
-            });
-            let check = match current.transpose()? {
-                None => IdentityCheck::Fresh,
-                Some(cur) if cur == identity => return Ok(IdentityCheck::Same),
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let check = match read_identity(&tx)? {
+                Some(current) if current == identity => return Ok(IdentityCheck::Same),
                 Some(_) => {
+                    // Wipe, not refuse: see the module docs.
                     tx.execute_batch("DELETE FROM khala_docs; DELETE FROM khala_topics;")
                         .map_err(map_err)?;
                     IdentityCheck::Replaced
                 }
+                None => IdentityCheck::Fresh,
             };
-            tx.execute("DELETE FROM khala_meta WHERE key IN ('identity_subject','identity_org')", [])
-                .map_err(map_err)?;
-            let put = |k: &str, v: &str| -> Result<(), StoreError> {
-                tx.execute("INSERT OR REPLACE INTO khala_meta(key, value) VALUES(?1, ?2)", [k, v])
-                    .map(|_| ())
-                    .map_err(map_err)
-            };
-            put("identity_server", &identity.server)?;
-            if let Some(s) = &identity.subject {
-                put("identity_subject", s)?;
-            }
-            if let Some(o) = &identity.org {
-                put("identity_org", o)?;
-            }
+            meta_put(&tx, "identity_server", Some(&identity.server))?;
+            meta_put(&tx, "identity_subject", identity.subject.as_deref())?;
+            meta_put(&tx, "identity_org", identity.org.as_deref())?;
             tx.commit().map_err(map_err)?;
             Ok(check)
         })
@@ -330,89 +462,52 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT topic, watermark FROM khala_topics ORDER BY topic")
                 .map_err(map_err)?;
             let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, u64_of(r.get(1)?))))
+                .query_map([], |r| {
+                    let topic = Topic::new(r.get::<_, String>(0)?).map_err(conversion_error)?;
+                    Ok((topic, Watermark(u64_of(r.get(1)?))))
+                })
                 .map_err(map_err)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (t, w) = row.map_err(map_err)?;
-                if let Ok(t) = Topic::new(t) {
-                    out.push((t, Watermark(w)));
-                }
-            }
-            Ok(out)
+            rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
         })
     }
 
     fn apply(&self, batch: ApplyBatch) -> StoreFuture<'_, ApplyOutcome> {
         self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let topic = batch.topic.as_str();
-            let (stored, generation, _) = topic_row(&tx, topic)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let topic = &batch.topic;
+            let (stored, g) =
+                topic_row(&tx, topic)?.map_or((0, 0), |r| (r.watermark, r.generation));
             if stored != batch.expected_watermark.get() {
                 return Err(StoreError::WatermarkConflict {
-                    topic: batch.topic.clone(),
+                    topic: topic.clone(),
                     expected: batch.expected_watermark,
                     found: Watermark(stored),
                 });
             }
             let mut kept_local = Vec::new();
-            {
-                let mut upsert = tx
-                    .prepare_cached(
-                        "INSERT INTO khala_docs(topic, snapshot_gen, doc_key, doc_version, payload, payload_hash, watermark, verified)
-                         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                         ON CONFLICT(topic, snapshot_gen, doc_key) DO UPDATE SET
-                           doc_version=excluded.doc_version, payload=excluded.payload,
-                           payload_hash=excluded.payload_hash, watermark=excluded.watermark,
-                           verified=excluded.verified
-                         WHERE excluded.doc_version > khala_docs.doc_version",
-                    )
-                    .map_err(map_err)?;
-                let mut delete = tx
-                    .prepare_cached(
-                        "DELETE FROM khala_docs WHERE topic=?1 AND snapshot_gen=?2 AND doc_key=?3 AND doc_version<=?4",
-                    )
-                    .map_err(map_err)?;
-                let mut exists = tx
-                    .prepare_cached(
-                        "SELECT 1 FROM khala_docs WHERE topic=?1 AND snapshot_gen=?2 AND doc_key=?3",
-                    )
-                    .map_err(map_err)?;
-                for (i, w) in batch.writes.iter().enumerate() {
-                    let key = w.doc_key.as_str();
-                    match &w.payload {
-                        Some(p) => {
-                            let n = upsert
-                                .execute(params![
-                                    topic,
-                                    generation,
-                                    key,
-                                    i64_of(w.doc_version),
-                                    p,
-                                    w.payload_hash.map(|h| h.to_base64()),
-                                    i64_of(w.watermark.get()),
-                                    i64::from(w.verified),
-                                ])
-                                .map_err(map_err)?;
-                            if n == 0 {
-                                kept_local.push(i);
-                            }
-                        }
-                        None => {
-                            let n = delete
-                                .execute(params![topic, generation, key, i64_of(w.doc_version)])
-                                .map_err(map_err)?;
-                            if n == 0 && exists.exists(params![topic, generation, key]).map_err(map_err)? {
-                                kept_local.push(i);
-                            }
-                        }
-                    }
+            for (i, w) in batch.writes.iter().enumerate() {
+                let written = match &w.payload {
+                    Some(p) => upsert_doc(&tx, topic, g, w, p, true)?,
+                    None => delete_doc(&tx, topic, g, w)?,
+                };
+                if !written {
+                    kept_local.push(i);
                 }
             }
-            tx.execute(
-                "UPDATE khala_topics SET watermark=?2, updated_at=strftime('%s','now') WHERE topic=?1",
-                params![topic, i64_of(batch.new_watermark.get())],
+            tx.prepare_cached(
+                "INSERT INTO khala_topics(topic, watermark, snapshot_gen, updated_at)
+                 VALUES(?1, ?2, 0, ?3)
+                 ON CONFLICT(topic) DO UPDATE SET
+                     watermark = excluded.watermark, updated_at = excluded.updated_at",
             )
+            .map_err(map_err)?
+            .execute(params![
+                topic.as_str(),
+                i64_of(batch.new_watermark.get()),
+                now_secs()
+            ])
             .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(ApplyOutcome {
@@ -424,19 +519,31 @@ impl Store for SqliteStore {
 
     fn begin_snapshot(&self, topic: Topic) -> StoreFuture<'_, SnapshotGen> {
         self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let (_, current, staged) = topic_row(&tx, topic.as_str())?;
-            let next = current.max(staged.unwrap_or(0)) + 1;
-            // Leftovers of an unfinished snapshot (crash, restart) go first.
-            tx.execute(
-                "DELETE FROM khala_docs WHERE topic=?1 AND snapshot_gen<>?2",
-                params![topic.as_str(), current],
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let row = topic_row(&tx, &topic)?;
+            let committed = row.as_ref().map_or(0, |r| r.generation);
+            let last = meta_get(&tx, "last_snapshot_gen")?
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            let next = last
+                .max(committed)
+                .max(row.as_ref().and_then(|r| r.staged).unwrap_or(0))
+                + 1;
+            meta_put(&tx, "last_snapshot_gen", Some(&next.to_string()))?;
+            // Leftovers of an unfinished snapshot (crash, restart, stale_cursor again).
+            tx.prepare_cached("DELETE FROM khala_docs WHERE topic = ?1 AND snapshot_gen <> ?2")
+                .map_err(map_err)?
+                .execute(params![topic.as_str(), committed])
+                .map_err(map_err)?;
+            tx.prepare_cached(
+                "INSERT INTO khala_topics(topic, watermark, snapshot_gen, staged_gen)
+                 VALUES(?1, 0, 0, ?2)
+                 ON CONFLICT(topic) DO UPDATE SET staged_gen = excluded.staged_gen",
             )
-            .map_err(map_err)?;
-            tx.execute(
-                "UPDATE khala_topics SET staged_gen=?2 WHERE topic=?1",
-                params![topic.as_str(), next],
-            )
+            .map_err(map_err)?
+            .execute(params![topic.as_str(), next])
             .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(SnapshotGen(u64_of(next)))
@@ -450,33 +557,16 @@ impl Store for SqliteStore {
         docs: Vec<DocWrite>,
     ) -> StoreFuture<'_, ()> {
         self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let (_, _, staged) = topic_row(&tx, topic.as_str())?;
-            let g = i64_of(generation.0);
-            if staged != Some(g) {
-                return Err(StoreError::StaleSnapshot(topic));
-            }
-            {
-                let mut ins = tx
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO khala_docs(topic, snapshot_gen, doc_key, doc_version, payload, payload_hash, watermark, verified)
-                         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )
-                    .map_err(map_err)?;
-                for w in &docs {
-                    let Some(p) = &w.payload else { continue };
-                    ins.execute(params![
-                        topic.as_str(),
-                        g,
-                        w.doc_key.as_str(),
-                        i64_of(w.doc_version),
-                        p,
-                        w.payload_hash.map(|h| h.to_base64()),
-                        i64_of(w.watermark.get()),
-                        i64::from(w.verified),
-                    ])
-                    .map_err(map_err)?;
-                }
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let g = require_staged(&tx, &topic, generation)?;
+            for w in &docs {
+                // Within a snapshot a later page wins unless it carries an older version.
+                match &w.payload {
+                    Some(p) => upsert_doc(&tx, &topic, g, w, p, false)?,
+                    None => delete_doc(&tx, &topic, g, w)?,
+                };
             }
             tx.commit().map_err(map_err)
         })
@@ -489,23 +579,26 @@ impl Store for SqliteStore {
         snapshot_watermark: Watermark,
     ) -> StoreFuture<'_, ()> {
         self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-            let (_, _, staged) = topic_row(&tx, topic.as_str())?;
-            let g = i64_of(generation.0);
-            if staged != Some(g) {
-                return Err(StoreError::StaleSnapshot(topic));
-            }
-            tx.execute(
-                "DELETE FROM khala_docs WHERE topic=?1 AND snapshot_gen<>?2",
-                params![topic.as_str(), g],
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let g = require_staged(&tx, &topic, generation)?;
+            tx.prepare_cached("DELETE FROM khala_docs WHERE topic = ?1 AND snapshot_gen <> ?2")
+                .map_err(map_err)?
+                .execute(params![topic.as_str(), g])
+                .map_err(map_err)?;
+            tx.prepare_cached(
+                "UPDATE khala_topics SET watermark = ?2, snapshot_gen = ?3, staged_gen = NULL,
+                     snapshot_watermark = ?2, updated_at = ?4
+                 WHERE topic = ?1",
             )
-            .map_err(map_err)?;
-            let w = i64_of(snapshot_watermark.get());
-            tx.execute(
-                "UPDATE khala_topics SET watermark=?2, snapshot_gen=?3, staged_gen=NULL, snapshot_watermark=?2,
-                 updated_at=strftime('%s','now') WHERE topic=?1",
-                params![topic.as_str(), w, g],
-            )
+            .map_err(map_err)?
+            .execute(params![
+                topic.as_str(),
+                i64_of(snapshot_watermark.get()),
+                g,
+                now_secs()
+            ])
             .map_err(map_err)?;
             tx.commit().map_err(map_err)
         })
@@ -513,26 +606,34 @@ impl Store for SqliteStore {
 
     fn get(&self, topic: Topic, doc_key: DocKey) -> StoreFuture<'_, Option<StoredDoc>> {
         self.run(move |c| {
-            let sql = format!(
-                "SELECT {DOC_COLUMNS} FROM khala_docs d JOIN khala_topics t
-                 ON t.topic=d.topic AND t.snapshot_gen=d.snapshot_gen
-                 WHERE d.topic=?1 AND d.doc_key=?2"
-            );
-            let mut st = c.prepare_cached(&sql).map_err(map_err)?;
-            st.query_row(params![topic.as_str(), doc_key.as_str()], |r| read_doc(&topic, r))
-                .optional()
-                .map_err(map_err)
+            c.prepare_cached(
+                "SELECT d.doc_key, d.doc_version, d.payload, d.payload_hash, d.watermark,
+                        d.verified
+                 FROM khala_topics t JOIN khala_docs d
+                   ON d.topic = t.topic AND d.snapshot_gen = t.snapshot_gen
+                 WHERE t.topic = ?1 AND d.doc_key = ?2",
+            )
+            .map_err(map_err)?
+            .query_row(params![topic.as_str(), doc_key.as_str()], |r| {
+                read_doc(&topic, r)
+            })
+            .optional()
+            .map_err(map_err)
         })
     }
 
     fn list(&self, topic: Topic) -> StoreFuture<'_, Vec<StoredDoc>> {
         self.run(move |c| {
-            let sql = format!(
-                "SELECT {DOC_COLUMNS} FROM khala_docs d JOIN khala_topics t
-                 ON t.topic=d.topic AND t.snapshot_gen=d.snapshot_gen
-                 WHERE d.topic=?1 ORDER BY d.doc_key"
-            );
-            let mut st = c.prepare_cached(&sql).map_err(map_err)?;
+            let mut st = c
+                .prepare_cached(
+                    "SELECT d.doc_key, d.doc_version, d.payload, d.payload_hash, d.watermark,
+                            d.verified
+                     FROM khala_topics t JOIN khala_docs d
+                       ON d.topic = t.topic AND d.snapshot_gen = t.snapshot_gen
+                     WHERE t.topic = ?1
+                     ORDER BY d.doc_key",
+                )
+                .map_err(map_err)?;
             let rows = st
                 .query_map([topic.as_str()], |r| read_doc(&topic, r))
                 .map_err(map_err)?;
