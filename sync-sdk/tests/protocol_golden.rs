@@ -8,9 +8,7 @@ use khala_sync::protocol::http::{
 use khala_sync::protocol::phoenix::{
     self, decode, HeartbeatOk, JoinOk, Reply, ServerMessage, SubscribeOk, UnsubscribeOk,
 };
-use khala_sync::protocol::token::{
-    decode_token_response, GrantedTopic, SyncToken, TokenRequest,
-};
+use khala_sync::protocol::token::{decode_token_response, GrantedTopic, SyncToken, TokenRequest};
 use khala_sync::protocol::{
     DecodeLimits, DocKey, PayloadHash, ProtocolError, ServerError, Topic, TopicWatermark,
     UpdateBatch, Watermark, UPGRADE_CODES,
@@ -189,15 +187,13 @@ fn subscribe_reply_ok() {
     let ok: SubscribeOk = r.decode("subscribe").unwrap();
     assert_eq!(ok.subscription_id.as_deref(), Some("sub_01HZX"));
     assert_eq!(ok.topics, vec![t(RUNS), t(WORKERS)]);
-    assert_eq!(
-        ok.current_watermarks,
-        vec![tw(RUNS, 1842), tw(WORKERS, 0)]
-    );
+    assert_eq!(ok.current_watermarks, vec![tw(RUNS, 1842), tw(WORKERS, 0)]);
 }
 
 #[test]
 fn subscribe_reply_error_bad_subscription() {
-    let e = reply_error(r#"{"code":"bad_subscription","message":"topics must be a non-empty list"}"#);
+    let e =
+        reply_error(r#"{"code":"bad_subscription","message":"topics must be a non-empty list"}"#);
     assert_eq!(
         e,
         ServerError::BadSubscription {
@@ -319,9 +315,15 @@ fn update_batch_spec_example() {
     assert_eq!(b.updates.len(), 1);
     let u = &b.updates[0];
     assert_eq!(u.topic, t(RUNS));
-    assert_eq!(u.doc_key, DocKey::new("runtime/run_summary:019c7f93").unwrap());
+    assert_eq!(
+        u.doc_key,
+        DocKey::new("runtime/run_summary:019c7f93").unwrap()
+    );
     assert_eq!(u.doc_version, 7);
-    assert_eq!(u.payload.as_deref().map(|p| p.get()), Some(r#"{"status":"running"}"#));
+    assert_eq!(
+        u.payload.as_deref().map(|p| p.get()),
+        Some(r#"{"status":"running"}"#)
+    );
     assert_eq!(
         u.payload_hash,
         Some(PayloadHash::parse("QyWM/3g/5wNtikMDP4MK38YOwDc4JHNUisdCuIgpJ3c=").unwrap())
@@ -396,7 +398,10 @@ fn update_batch_display_form_hash() {
     );
     let u = &b.updates[0];
     let h = u.payload_hash.unwrap();
-    assert_eq!(h.to_base64(), "QyWM/3g/5wNtikMDP4MK38YOwDc4JHNUisdCuIgpJ3c=");
+    assert_eq!(
+        h.to_base64(),
+        "QyWM/3g/5wNtikMDP4MK38YOwDc4JHNUisdCuIgpJ3c="
+    );
     assert!(khala_sync::protocol::hash::verify(u.payload.as_deref().unwrap(), Some(&h)).unwrap());
 }
 
@@ -406,7 +411,11 @@ fn update_batch_hash_mismatch_is_detected_not_an_error() {
         r#"["1",null,"sync:v1","sync:update_batch",{"updates":[{"topic":"runtime.run_summaries","doc_key":"k","doc_version":1,"payload":{"a":2,"b":2},"payload_hash":"QyWM/3g/5wNtikMDP4MK38YOwDc4JHNUisdCuIgpJ3c=","watermark":1}]}]"#,
     );
     let u = &b.updates[0];
-    assert!(!khala_sync::protocol::hash::verify(u.payload.as_deref().unwrap(), u.payload_hash.as_ref()).unwrap());
+    assert!(!khala_sync::protocol::hash::verify(
+        u.payload.as_deref().unwrap(),
+        u.payload_hash.as_ref()
+    )
+    .unwrap());
 }
 
 #[test]
@@ -423,13 +432,21 @@ fn update_batch_missing_optional_fields() {
     assert!(!u.hydration_required);
     assert!(!u.deleted);
     // Empty update list is a valid (if pointless) batch.
-    let b = batch(r#"["1",null,"sync:v1","sync:update_batch",{"updates":[],"replay_complete":true}]"#);
+    let b =
+        batch(r#"["1",null,"sync:v1","sync:update_batch",{"updates":[],"replay_complete":true}]"#);
     assert!(b.updates.is_empty());
 }
 
 #[test]
 fn update_batch_payload_of_any_json_type_kept_verbatim() {
-    for payload in [r#""text""#, "[1,2,3]", "-0.0", "9007199254740993", "true", r#"{"z":{"y":[]}}"#] {
+    for payload in [
+        r#""text""#,
+        "[1,2,3]",
+        "-0.0",
+        "9007199254740993",
+        "true",
+        r#"{"z":{"y":[]}}"#,
+    ] {
         let frame = format!(
             r#"["1",null,"sync:v1","sync:update_batch",{{"updates":[{{"topic":"t","doc_key":"k","doc_version":1,"payload":{payload},"watermark":1}}]}}]"#
         );
@@ -510,9 +527,15 @@ fn error_push_stale_cursor_both_reason_codes_two_topics() {
     };
     assert_eq!(
         s.reason_codes,
-        vec!["retention_floor_breach".to_string(), "replay_budget_exceeded".to_string()]
+        vec![
+            "retention_floor_breach".to_string(),
+            "replay_budget_exceeded".to_string()
+        ]
     );
-    assert_eq!(s.stale_topics[0].reason.as_deref(), Some("replay_budget_exceeded"));
+    assert_eq!(
+        s.stale_topics[0].reason.as_deref(),
+        Some("replay_budget_exceeded")
+    );
     assert_eq!(s.stale_topics[1].qos_tier.as_deref(), Some("hot"));
     assert_eq!(s.topics(), vec![t(RUNS), t("runtime.codex_worker_events")]);
 }
@@ -525,7 +548,10 @@ fn error_push_stale_cursor_ahead_of_head() {
     let ServerError::StaleCursor(s) = &e else {
         panic!("{e:?}")
     };
-    assert_eq!(s.stale_topics[0].reason.as_deref(), Some("cursor_ahead_of_head"));
+    assert_eq!(
+        s.stale_topics[0].reason.as_deref(),
+        Some("cursor_ahead_of_head")
+    );
     assert_eq!(s.stale_topics[0].resume_after, Some(500));
     assert_eq!(s.stale_topics[0].head_watermark, Some(12));
 }
@@ -592,7 +618,8 @@ fn error_push_reauth_required() {
 
 #[test]
 fn error_push_forbidden_bad_subscription_bad_topic() {
-    let e = push_error(r#"{"code":"forbidden_topic","forbidden_topics":["runtime.run_summaries"]}"#);
+    let e =
+        push_error(r#"{"code":"forbidden_topic","forbidden_topics":["runtime.run_summaries"]}"#);
     assert_eq!(
         e,
         ServerError::ForbiddenTopic {
@@ -608,15 +635,23 @@ fn error_push_forbidden_bad_subscription_bad_topic() {
             topics: vec![]
         }
     );
-    assert_eq!(push_error(r#"{"code":"bad_subscription"}"#).code(), "bad_subscription");
-    assert_eq!(push_error(r#"{"code":"bad_topic","message":"x"}"#).code(), "bad_topic");
+    assert_eq!(
+        push_error(r#"{"code":"bad_subscription"}"#).code(),
+        "bad_subscription"
+    );
+    assert_eq!(
+        push_error(r#"{"code":"bad_topic","message":"x"}"#).code(),
+        "bad_topic"
+    );
 }
 
 #[test]
 fn error_push_upgrade_codes() {
     for code in UPGRADE_CODES {
         let e = push_error(&format!(r#"{{"code":"{code}","message":"upgrade"}}"#));
-        assert!(matches!(&e, ServerError::UpgradeRequired(u) if u.code == *code && u.message == "upgrade"));
+        assert!(
+            matches!(&e, ServerError::UpgradeRequired(u) if u.code == *code && u.message == "upgrade")
+        );
     }
 }
 
@@ -709,7 +744,10 @@ fn legacy_sync_frame_is_ignored() {
 
 #[test]
 fn unknown_event_is_typed() {
-    let r = decode(r#"["1",null,"sync:v1","presence_diff",{}]"#, &DecodeLimits::default());
+    let r = decode(
+        r#"["1",null,"sync:v1","presence_diff",{}]"#,
+        &DecodeLimits::default(),
+    );
     assert_eq!(
         r.unwrap_err(),
         ProtocolError::UnknownEvent {
@@ -739,13 +777,18 @@ fn frame_shape_errors_are_malformed() {
         r#"["1",null,"sync:v1","sync:heartbeat",{"watermarks":[{"topic":"t","watermark":"1"}]}]"#,
         r#"["1",null,"sync:v1","sync:error",{"message":"no code"}]"#,
     ] {
-        assert!(is_malformed(decode(bad, &DecodeLimits::default())), "{bad:?}");
+        assert!(
+            is_malformed(decode(bad, &DecodeLimits::default())),
+            "{bad:?}"
+        );
     }
 }
 
 #[test]
 fn oversize_frame_is_too_large() {
-    let limits = DecodeLimits { max_frame_bytes: 64 };
+    let limits = DecodeLimits {
+        max_frame_bytes: 64,
+    };
     let frame = BATCH_EXAMPLE;
     assert!(frame.len() > 64);
     assert_eq!(
@@ -758,10 +801,15 @@ fn oversize_frame_is_too_large() {
     );
     // Not parsed: garbage of the same size gives the same answer.
     let junk = "x".repeat(65);
-    assert!(matches!(decode(&junk, &limits), Err(ProtocolError::TooLarge { .. })));
+    assert!(matches!(
+        decode(&junk, &limits),
+        Err(ProtocolError::TooLarge { .. })
+    ));
     // At the limit exactly: parsed.
     let ok = r#"["1",null,"sync:v1","phx_close",{}]"#;
-    let limits = DecodeLimits { max_frame_bytes: ok.len() };
+    let limits = DecodeLimits {
+        max_frame_bytes: ok.len(),
+    };
     assert!(decode(ok, &limits).is_ok());
 }
 
@@ -771,8 +819,14 @@ fn oversize_frame_is_too_large() {
 
 #[test]
 fn encode_join_exact() {
-    assert_eq!(phoenix::encode_join("1"), r#"["1","1","sync:v1","phx_join",{}]"#);
-    assert_eq!(phoenix::encode_join("17"), r#"["17","17","sync:v1","phx_join",{}]"#);
+    assert_eq!(
+        phoenix::encode_join("1"),
+        r#"["1","1","sync:v1","phx_join",{}]"#
+    );
+    assert_eq!(
+        phoenix::encode_join("17"),
+        r#"["17","17","sync:v1","phx_join",{}]"#
+    );
 }
 
 #[test]
@@ -812,7 +866,13 @@ fn encode_subscribe_without_resume_after_exact() {
 #[test]
 fn encode_subscribe_escapes_topic_names() {
     let weird = t("a\"b\\c/é");
-    let s = phoenix::encode_subscribe("1", "2", &[weird.clone()], &[(weird, Watermark(1))], 5);
+    let s = phoenix::encode_subscribe(
+        "1",
+        "2",
+        std::slice::from_ref(&weird),
+        &[(weird.clone(), Watermark(1))],
+        5,
+    );
     assert_eq!(
         s,
         r#"["1","2","sync:v1","sync:subscribe",{"topics":["a\"b\\c/é"],"resume_after":{"a\"b\\c/é":1},"replay_batch_size":5}]"#
@@ -843,7 +903,10 @@ fn encode_heartbeat_exact() {
 
 #[test]
 fn encode_leave_exact() {
-    assert_eq!(phoenix::encode_leave("1", "7"), r#"["1","7","sync:v1","phx_leave",{}]"#);
+    assert_eq!(
+        phoenix::encode_leave("1", "7"),
+        r#"["1","7","sync:v1","phx_leave",{}]"#
+    );
 }
 
 #[test]
@@ -956,7 +1019,10 @@ fn token_refresh_after_defaults_and_bounds() {
     assert_eq!(grant(300, Some(301)).refresh_after_secs(), 240);
     // Absurd lifetimes do not overflow and stay ~80 %.
     let huge = grant(u64::MAX, None).refresh_after_secs();
-    assert!(huge > u64::MAX / 5 * 4 - 5 && huge <= u64::MAX / 5 * 4 + 5, "{huge}");
+    assert!(
+        huge > u64::MAX / 5 * 4 - 5 && huge <= u64::MAX / 5 * 4 + 5,
+        "{huge}"
+    );
 }
 
 #[test]
@@ -977,10 +1043,15 @@ fn token_response_errors() {
     ] {
         assert!(is_malformed(decode_token_response(bad, &limits)), "{bad}");
     }
-    let small = DecodeLimits { max_frame_bytes: 16 };
+    let small = DecodeLimits {
+        max_frame_bytes: 16,
+    };
     assert!(matches!(
         decode_token_response(TOKEN_FULL, &small),
-        Err(ProtocolError::TooLarge { context: "token response", .. })
+        Err(ProtocolError::TooLarge {
+            context: "token response",
+            ..
+        })
     ));
 }
 
@@ -988,12 +1059,19 @@ fn token_response_errors() {
 fn sync_token_debug_is_redacted() {
     let g = decode_token_response(TOKEN_FULL, &DecodeLimits::default()).unwrap();
     let secret = g.token.expose().to_string();
-    for shown in [format!("{g:?}"), format!("{g:#?}"), format!("{:?}", g.token)] {
+    for shown in [
+        format!("{g:?}"),
+        format!("{g:#?}"),
+        format!("{:?}", g.token),
+    ] {
         assert!(!shown.contains(&secret), "{shown}");
         assert!(!shown.contains("SECRETSIGNATURE"), "{shown}");
         assert!(!shown.contains("eyJ"), "{shown}");
     }
-    assert_eq!(format!("{:?}", SyncToken::new("hunter2")), "SyncToken(<redacted>)");
+    assert_eq!(
+        format!("{:?}", SyncToken::new("hunter2")),
+        "SyncToken(<redacted>)"
+    );
     assert_eq!(SyncToken::new("hunter2").expose(), "hunter2");
 }
 
@@ -1014,7 +1092,10 @@ fn token_decode_errors_do_not_echo_the_secret() {
 
 #[test]
 fn token_request_serialization() {
-    assert_eq!(serde_json::to_string(&TokenRequest::default()).unwrap(), "{}");
+    assert_eq!(
+        serde_json::to_string(&TokenRequest::default()).unwrap(),
+        "{}"
+    );
     let req = TokenRequest {
         scopes: Some(vec!["runtime.run_summaries".into()]),
         topics: Some(vec![t(RUNS)]),
@@ -1029,13 +1110,19 @@ fn token_request_serialization() {
         ttl_seconds: Some(60),
         ..TokenRequest::default()
     };
-    assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"ttl_seconds":60}"#);
+    assert_eq!(
+        serde_json::to_string(&req).unwrap(),
+        r#"{"ttl_seconds":60}"#
+    );
     let req = TokenRequest {
         topics: Some(vec![]),
         device_id: Some("d".into()),
         ..TokenRequest::default()
     };
-    assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"topics":[],"device_id":"d"}"#);
+    assert_eq!(
+        serde_json::to_string(&req).unwrap(),
+        r#"{"topics":[],"device_id":"d"}"#
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1065,12 +1152,18 @@ fn snapshot_page_decodes() {
     assert!(p.docs[1].payload_hash.is_none());
     assert!(p.docs[2].payload_hash.is_none());
 
-    let last = r#"{"topic":"runtime.run_summaries","snapshot_watermark":0,"docs":[],"next_cursor":null}"#;
+    let last =
+        r#"{"topic":"runtime.run_summaries","snapshot_watermark":0,"docs":[],"next_cursor":null}"#;
     let p = decode_snapshot_page(last, &DecodeLimits::default()).unwrap();
     assert!(p.docs.is_empty());
     assert_eq!(p.next_cursor, None);
     let no_cursor = r#"{"topic":"runtime.run_summaries","snapshot_watermark":5,"docs":[]}"#;
-    assert_eq!(decode_snapshot_page(no_cursor, &DecodeLimits::default()).unwrap().next_cursor, None);
+    assert_eq!(
+        decode_snapshot_page(no_cursor, &DecodeLimits::default())
+            .unwrap()
+            .next_cursor,
+        None
+    );
 }
 
 #[test]
@@ -1088,10 +1181,15 @@ fn snapshot_page_errors() {
     ] {
         assert!(is_malformed(decode_snapshot_page(bad, &limits)), "{bad}");
     }
-    let small = DecodeLimits { max_frame_bytes: 10 };
+    let small = DecodeLimits {
+        max_frame_bytes: 10,
+    };
     assert!(matches!(
         decode_snapshot_page(r#"{"topic":"t","snapshot_watermark":1,"docs":[]}"#, &small),
-        Err(ProtocolError::TooLarge { context: "snapshot page", .. })
+        Err(ProtocolError::TooLarge {
+            context: "snapshot page",
+            ..
+        })
     ));
 }
 
@@ -1102,19 +1200,33 @@ fn doc_response_decodes() {
     assert_eq!(d.doc_key.as_str(), "runtime/run_summary:big");
     assert_eq!(d.doc_version, 5);
     assert_eq!(d.watermark, Some(Watermark(1950)));
-    assert!(khala_sync::protocol::hash::verify(d.payload.as_deref().unwrap(), d.payload_hash.as_ref()).unwrap());
+    assert!(khala_sync::protocol::hash::verify(
+        d.payload.as_deref().unwrap(),
+        d.payload_hash.as_ref()
+    )
+    .unwrap());
 
     let minimal = r#"{"doc_key":"k","doc_version":1}"#;
     let d = decode_doc_response(minimal, &DecodeLimits::default()).unwrap();
     assert!(d.payload.is_none() && d.payload_hash.is_none() && d.watermark.is_none());
 
-    for bad in [r#"{"doc_key":"k"}"#, r#"{"doc_key":"","doc_version":1}"#, r#"{"doc_key":"k","doc_version":1,"watermark":-3}"#] {
-        assert!(is_malformed(decode_doc_response(bad, &DecodeLimits::default())), "{bad}");
+    for bad in [
+        r#"{"doc_key":"k"}"#,
+        r#"{"doc_key":"","doc_version":1}"#,
+        r#"{"doc_key":"k","doc_version":1,"watermark":-3}"#,
+    ] {
+        assert!(
+            is_malformed(decode_doc_response(bad, &DecodeLimits::default())),
+            "{bad}"
+        );
     }
     let small = DecodeLimits { max_frame_bytes: 8 };
     assert!(matches!(
         decode_doc_response(minimal, &small),
-        Err(ProtocolError::TooLarge { context: "doc response", .. })
+        Err(ProtocolError::TooLarge {
+            context: "doc response",
+            ..
+        })
     ));
 }
 
@@ -1130,7 +1242,9 @@ fn error_bodies() {
         }
     );
     assert_eq!(
-        decode_error_body(r#"{"message":"Token minting disabled","error":{"code":"sync_token_unavailable"}}"#),
+        decode_error_body(
+            r#"{"message":"Token minting disabled","error":{"code":"sync_token_unavailable"}}"#
+        ),
         HttpErrorBody {
             code: Some("sync_token_unavailable".into()),
             message: Some("Token minting disabled".into())
@@ -1155,8 +1269,18 @@ fn error_bodies() {
             message: Some("The given data was invalid.".into())
         }
     );
-    let empty = HttpErrorBody { code: None, message: None };
-    for junk in ["", "<html>502 Bad Gateway</html>", "null", "[]", r#"{"error":42}"#, r#"{"message":7}"#] {
+    let empty = HttpErrorBody {
+        code: None,
+        message: None,
+    };
+    for junk in [
+        "",
+        "<html>502 Bad Gateway</html>",
+        "null",
+        "[]",
+        r#"{"error":42}"#,
+        r#"{"message":7}"#,
+    ] {
         assert_eq!(decode_error_body(junk), empty, "{junk}");
     }
     assert_eq!(decode_error_body(&"x".repeat(100_000)), empty);
@@ -1164,7 +1288,10 @@ fn error_bodies() {
 
 #[test]
 fn path_segments_are_percent_encoded() {
-    assert_eq!(encode_segment("runtime.run_summaries"), "runtime.run_summaries");
+    assert_eq!(
+        encode_segment("runtime.run_summaries"),
+        "runtime.run_summaries"
+    );
     assert_eq!(
         encode_segment("runtime/run_summary:019c7f93"),
         "runtime%2Frun_summary%3A019c7f93"
@@ -1174,7 +1301,10 @@ fn path_segments_are_percent_encoded() {
     assert_eq!(encode_segment("é"), "%C3%A9");
     assert_eq!(encode_segment(""), "");
     assert_eq!(encode_segment(".."), "..");
-    assert_eq!(khala_sync::protocol::http::SNAPSHOT_PATH, "/api/sync/snapshot");
+    assert_eq!(
+        khala_sync::protocol::http::SNAPSHOT_PATH,
+        "/api/sync/snapshot"
+    );
     assert_eq!(khala_sync::protocol::http::DOC_PATH, "/api/sync/doc");
     assert_eq!(khala_sync::protocol::token::TOKEN_PATH, "/api/sync/token");
 }
@@ -1195,7 +1325,10 @@ fn names_and_watermarks() {
     assert_eq!(Watermark(u64::MAX).next(), Watermark(u64::MAX));
     assert_eq!(Watermark::ZERO.next().get(), 1);
     assert_eq!(format!("{:?}", Watermark(3)), "W3");
-    assert_eq!(ProtocolError::InvalidHash("x").code(), "invalid_payload_hash");
+    assert_eq!(
+        ProtocolError::InvalidHash("x").code(),
+        "invalid_payload_hash"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1216,13 +1349,19 @@ fn subscribe_request_map_form_round_trips_encoder() {
         &[(t(WORKERS), Watermark(7)), (t(RUNS), Watermark(1800))],
         200,
     );
-    let req = phoenix::decode_subscribe_request(&payload_of(&frame), &DecodeLimits::default()).unwrap();
+    let req =
+        phoenix::decode_subscribe_request(&payload_of(&frame), &DecodeLimits::default()).unwrap();
     assert_eq!(req.topics, vec![t(RUNS), t(WORKERS)]);
-    assert_eq!(req.resume_after, vec![tw(WORKERS, 7), tw(RUNS, 1800)], "map form is in key order");
+    assert_eq!(
+        req.resume_after,
+        vec![tw(WORKERS, 7), tw(RUNS, 1800)],
+        "map form is in key order"
+    );
     assert_eq!(req.replay_batch_size, Some(200));
 
     let frame = phoenix::encode_subscribe("1", "2", &[t(RUNS)], &[], 50);
-    let req = phoenix::decode_subscribe_request(&payload_of(&frame), &DecodeLimits::default()).unwrap();
+    let req =
+        phoenix::decode_subscribe_request(&payload_of(&frame), &DecodeLimits::default()).unwrap();
     assert!(req.resume_after.is_empty());
 }
 
@@ -1235,7 +1374,8 @@ fn subscribe_request_list_form_and_defaults() {
     )
     .unwrap();
     assert_eq!(req.resume_after, vec![tw(RUNS, 1800)]);
-    let req = phoenix::decode_subscribe_request(r#"{"topics":["runtime.run_summaries"]}"#, &l).unwrap();
+    let req =
+        phoenix::decode_subscribe_request(r#"{"topics":["runtime.run_summaries"]}"#, &l).unwrap();
     assert!(req.resume_after.is_empty());
     assert_eq!(req.replay_batch_size, None);
     let req = phoenix::decode_subscribe_request(
@@ -1258,10 +1398,16 @@ fn subscribe_request_list_form_and_defaults() {
         r#"{"topics":["t"],"resume_after":5}"#,
         r#"{"topics":["t"],"replay_batch_size":-5}"#,
     ] {
-        assert!(is_malformed(phoenix::decode_subscribe_request(bad, &l)), "{bad}");
+        assert!(
+            is_malformed(phoenix::decode_subscribe_request(bad, &l)),
+            "{bad}"
+        );
     }
     assert!(matches!(
-        phoenix::decode_subscribe_request(r#"{"topics":["t"]}"#, &DecodeLimits { max_frame_bytes: 4 }),
+        phoenix::decode_subscribe_request(
+            r#"{"topics":["t"]}"#,
+            &DecodeLimits { max_frame_bytes: 4 }
+        ),
         Err(ProtocolError::TooLarge { .. })
     ));
 }

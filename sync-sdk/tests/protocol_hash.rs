@@ -45,7 +45,12 @@ fn every_vector_canonical_json() {
         let raw = v.payload.get();
         assert_eq!(canonical_json(raw).unwrap(), v.canonical_json, "{}", v.name);
         // Canonicalisation is idempotent.
-        assert_eq!(canonical_json(&v.canonical_json).unwrap(), v.canonical_json, "{}", v.name);
+        assert_eq!(
+            canonical_json(&v.canonical_json).unwrap(),
+            v.canonical_json,
+            "{}",
+            v.name
+        );
         let mut buf = Vec::new();
         canonicalize_into(raw, &mut buf).unwrap();
         assert_eq!(buf, v.canonical_json.as_bytes(), "{}", v.name);
@@ -61,16 +66,25 @@ fn every_vector_hash_both_forms() {
         assert_eq!(h.to_base64(), v.wire_base64, "{}", v.name);
         assert_eq!(format!("{h:?}"), v.sha256, "Debug is the display form");
         assert_eq!(format!("{h}"), v.wire_base64, "Display is the wire form");
-        assert_eq!(PayloadHash::of_canonical(v.canonical_json.as_bytes()), h, "{}", v.name);
+        assert_eq!(
+            PayloadHash::of_canonical(v.canonical_json.as_bytes()),
+            h,
+            "{}",
+            v.name
+        );
         let value: serde_json::Value = serde_json::from_str(raw).unwrap();
         assert_eq!(PayloadHash::of_value(&value), h, "{}", v.name);
         // Both forms parse to the same digest.
         assert_eq!(PayloadHash::parse(&v.sha256).unwrap(), h, "{}", v.name);
         assert_eq!(PayloadHash::parse(&v.wire_base64).unwrap(), h, "{}", v.name);
         // serde: serialises as the wire form, deserialises either form.
-        assert_eq!(serde_json::to_string(&h).unwrap(), format!("\"{}\"", v.wire_base64));
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            format!("\"{}\"", v.wire_base64)
+        );
         let from_display: PayloadHash = serde_json::from_str(&format!("\"{}\"", v.sha256)).unwrap();
-        let from_wire: PayloadHash = serde_json::from_str(&format!("\"{}\"", v.wire_base64)).unwrap();
+        let from_wire: PayloadHash =
+            serde_json::from_str(&format!("\"{}\"", v.wire_base64)).unwrap();
         assert_eq!(from_display, h);
         assert_eq!(from_wire, h);
         // verify() against both.
@@ -129,7 +143,10 @@ fn parse_rejects_bad_forms() {
             matches!(PayloadHash::parse(&s), Err(ProtocolError::InvalidHash(_))),
             "{s:?}"
         );
-        assert_eq!(PayloadHash::parse(&s).unwrap_err().code(), "invalid_payload_hash");
+        assert_eq!(
+            PayloadHash::parse(&s).unwrap_err().code(),
+            "invalid_payload_hash"
+        );
     }
     // Inside JSON, a wrong type or bad form is a serde error, never a panic.
     for s in [r#"42"#, r#""sha256:zz""#, r#"[]"#, r#"{}"#] {
@@ -144,9 +161,15 @@ fn canon(raw: &str) -> String {
 #[test]
 fn control_characters_escape_lowercase() {
     assert_eq!(canon(r#""\u0000""#), r#""\u0000""#);
-    assert_eq!(canon(r#""\u0001\u001F\u001e\u000B""#), r#""\u0001\u001f\u001e\u000b""#);
+    assert_eq!(
+        canon(r#""\u0001\u001F\u001e\u000B""#),
+        r#""\u0001\u001f\u001e\u000b""#
+    );
     assert_eq!(canon(r#""\b\f\n\r\t""#), r#""\b\f\n\r\t""#);
-    assert_eq!(canon(r#""\u0008\u000C\u000A\u000D\u0009""#), r#""\b\f\n\r\t""#);
+    assert_eq!(
+        canon(r#""\u0008\u000C\u000A\u000D\u0009""#),
+        r#""\b\f\n\r\t""#
+    );
     assert_eq!(canon(r#""\"\\""#), r#""\"\\""#);
     // DEL and C1 controls are not JSON control characters: raw UTF-8.
     assert_eq!(canon(r#""\u007f\u0085""#), "\"\u{7f}\u{85}\"");
@@ -164,7 +187,10 @@ fn no_escaped_slash_and_raw_non_ascii() {
     assert_eq!(canon(r#""\u2028\u2029""#), "\"\u{2028}\u{2029}\"");
     assert_eq!(canon("\"日本語\""), "\"日本語\"");
     // Lone surrogates are not valid Unicode: a typed error, not a panic.
-    assert!(matches!(canonical_json(r#""\ud800""#), Err(ProtocolError::Malformed { .. })));
+    assert!(matches!(
+        canonical_json(r#""\ud800""#),
+        Err(ProtocolError::Malformed { .. })
+    ));
 }
 
 #[test]
@@ -181,13 +207,19 @@ fn keys_sorted_by_utf8_bytes_not_utf16() {
     // Escaped and raw spellings of the same key sort (and collapse) identically.
     assert_eq!(canon(r#"{"\u0062":1,"a":2}"#), r#"{"a":2,"b":1}"#);
     // Nested objects are sorted too.
-    assert_eq!(canon(r#"{"z":{"y":1,"x":{"b":0,"a":0}},"a":[]}"#), r#"{"a":[],"z":{"x":{"a":0,"b":0},"y":1}}"#);
+    assert_eq!(
+        canon(r#"{"z":{"y":1,"x":{"b":0,"a":0}},"a":[]}"#),
+        r#"{"a":[],"z":{"x":{"a":0,"b":0},"y":1}}"#
+    );
 }
 
 #[test]
 fn arrays_keep_order_and_nest() {
     assert_eq!(canon("[3, 1, 2]"), "[3,1,2]");
-    assert_eq!(canon("[[[]],[1,[2,{\"b\":1,\"a\":0}]],{}]"), r#"[[[]],[1,[2,{"a":0,"b":1}]],{}]"#);
+    assert_eq!(
+        canon("[[[]],[1,[2,{\"b\":1,\"a\":0}]],{}]"),
+        r#"[[[]],[1,[2,{"a":0,"b":1}]],{}]"#
+    );
     assert_eq!(canon(" [ ] "), "[]");
     assert_eq!(canon(" { } "), "{}");
     assert_eq!(canon("\n{\n\t\"a\" : [ 1 , 2 ]\r\n}\n"), r#"{"a":[1,2]}"#);
@@ -201,8 +233,15 @@ fn integers_in_decimal_up_to_u64() {
     assert_eq!(canon("9223372036854775807"), "9223372036854775807");
     assert_eq!(canon("9223372036854775808"), "9223372036854775808");
     assert_eq!(canon("18446744073709551615"), "18446744073709551615");
-    assert_eq!(canon("9007199254740993"), "9007199254740993", "2^53+1 stays exact");
-    assert_eq!(canon(r#"{"n":-42,"m":[-0.5,-1e3]}"#), r#"{"m":[-0.5,-1000.0],"n":-42}"#);
+    assert_eq!(
+        canon("9007199254740993"),
+        "9007199254740993",
+        "2^53+1 stays exact"
+    );
+    assert_eq!(
+        canon(r#"{"n":-42,"m":[-0.5,-1e3]}"#),
+        r#"{"m":[-0.5,-1000.0],"n":-42}"#
+    );
 }
 
 #[test]
@@ -224,7 +263,10 @@ fn floats_shortest_round_trip() {
     let big = canon("18446744073709551616");
     assert_eq!(big, canon("18446744073709551616.0"));
     // Out of f64 range: a typed error.
-    assert!(matches!(canonical_json("1e400"), Err(ProtocolError::Malformed { .. })));
+    assert!(matches!(
+        canonical_json("1e400"),
+        Err(ProtocolError::Malformed { .. })
+    ));
 }
 
 #[test]
@@ -237,14 +279,37 @@ fn scalars_and_literals() {
 
 #[test]
 fn invalid_json_is_malformed() {
-    for bad in ["", " ", "{", "[1,]", "{\"a\":1,}", "nul", "'a'", "NaN", "Infinity", "01", "1 2", "{\"a\"}", "\"\u{1}\""] {
-        assert!(matches!(canonical_json(bad), Err(ProtocolError::Malformed { .. })), "{bad:?}");
+    for bad in [
+        "",
+        " ",
+        "{",
+        "[1,]",
+        "{\"a\":1,}",
+        "nul",
+        "'a'",
+        "NaN",
+        "Infinity",
+        "01",
+        "1 2",
+        "{\"a\"}",
+        "\"\u{1}\"",
+    ] {
+        assert!(
+            matches!(canonical_json(bad), Err(ProtocolError::Malformed { .. })),
+            "{bad:?}"
+        );
         assert!(PayloadHash::of_json_text(bad).is_err(), "{bad:?}");
     }
     let deep = "[".repeat(10_000);
-    assert!(matches!(canonical_json(&deep), Err(ProtocolError::Malformed { .. })));
+    assert!(matches!(
+        canonical_json(&deep),
+        Err(ProtocolError::Malformed { .. })
+    ));
     let deep_closed = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    assert!(matches!(canonical_json(&deep_closed), Err(ProtocolError::Malformed { .. })));
+    assert!(matches!(
+        canonical_json(&deep_closed),
+        Err(ProtocolError::Malformed { .. })
+    ));
 }
 
 #[test]
@@ -255,5 +320,8 @@ fn write_canonical_matches_text_path() {
     let s = String::from_utf8(out).unwrap();
     assert_eq!(s, "{\"a\":\"é/\\\"\",\"b\":[1,{\"c\":null,\"d\":\"\\u0001\"}],\"\u{e000}\":1,\"\u{1f600}\":2}");
     assert_eq!(canon(&v.to_string()), s);
-    assert_eq!(PayloadHash::of_value(&v), PayloadHash::of_canonical(s.as_bytes()));
+    assert_eq!(
+        PayloadHash::of_value(&v),
+        PayloadHash::of_canonical(s.as_bytes())
+    );
 }

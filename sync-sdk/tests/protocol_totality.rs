@@ -5,7 +5,9 @@
 
 use khala_sync::protocol::hash::canonical_json;
 use khala_sync::protocol::http::{decode_doc_response, decode_error_body, decode_snapshot_page};
-use khala_sync::protocol::phoenix::{self, HeartbeatOk, JoinOk, ServerMessage, SubscribeOk, UnsubscribeOk};
+use khala_sync::protocol::phoenix::{
+    self, HeartbeatOk, JoinOk, ServerMessage, SubscribeOk, UnsubscribeOk,
+};
 use khala_sync::protocol::token::decode_token_response;
 use khala_sync::protocol::{DecodeLimits, PayloadHash, ProtocolError, ServerError};
 use proptest::prelude::*;
@@ -95,7 +97,16 @@ fn assert_typed(e: &ProtocolError) {
 
 fn golden() -> impl Strategy<Value = String> {
     let mut all: Vec<&'static str> = FRAMES.to_vec();
-    all.extend([TOKEN, SNAPSHOT, DOC, ERROR_BODY, SERVER_ERROR, SUBSCRIBE, HASH, PAYLOAD]);
+    all.extend([
+        TOKEN,
+        SNAPSHOT,
+        DOC,
+        ERROR_BODY,
+        SERVER_ERROR,
+        SUBSCRIBE,
+        HASH,
+        PAYLOAD,
+    ]);
     prop::sample::select(all).prop_map(str::to_string)
 }
 
@@ -110,9 +121,31 @@ enum Mutation {
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     let token = prop::sample::select(vec![
-        "", "null", "0", "-1", "1.5", "1e400", "18446744073709551616", "\"\"", "\"x\"", "[]", "{}",
-        "true", "[[[[", "}}}}", "\\", "\"", ",", ":", "\\u0000", "\u{0}", "é", "😀", "\\ud800",
-        "\"sha256:zz\"", "99999999999999999999999999999",
+        "",
+        "null",
+        "0",
+        "-1",
+        "1.5",
+        "1e400",
+        "18446744073709551616",
+        "\"\"",
+        "\"x\"",
+        "[]",
+        "{}",
+        "true",
+        "[[[[",
+        "}}}}",
+        "\\",
+        "\"",
+        ",",
+        ":",
+        "\\u0000",
+        "\u{0}",
+        "é",
+        "😀",
+        "\\ud800",
+        "\"sha256:zz\"",
+        "99999999999999999999999999999",
     ]);
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::FlipByte(i, b)),
@@ -171,16 +204,43 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         any::<u64>().prop_map(Value::from),
         any::<f64>().prop_map(Value::from),
         ".{0,12}".prop_map(Value::String),
-        prop::sample::select(vec!["runtime.run_summaries", "stale_cursor", "ok", "", "sync:v1", HASH])
-            .prop_map(|s| Value::String(s.into())),
+        prop::sample::select(vec![
+            "runtime.run_summaries",
+            "stale_cursor",
+            "ok",
+            "",
+            "sync:v1",
+            HASH
+        ])
+        .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(4, 32, 6, |inner| {
         let key = prop_oneof![
             prop::sample::select(vec![
-                "code", "topic", "topics", "updates", "watermark", "doc_key", "doc_version",
-                "payload", "payload_hash", "status", "response", "data", "token", "expires_in",
-                "docs", "snapshot_watermark", "stale_topics", "forbidden_topics", "message",
-                "error", "granted_topics", "head_watermarks", "action", "reconnect_after_ms",
+                "code",
+                "topic",
+                "topics",
+                "updates",
+                "watermark",
+                "doc_key",
+                "doc_version",
+                "payload",
+                "payload_hash",
+                "status",
+                "response",
+                "data",
+                "token",
+                "expires_in",
+                "docs",
+                "snapshot_watermark",
+                "stale_topics",
+                "forbidden_topics",
+                "message",
+                "error",
+                "granted_topics",
+                "head_watermarks",
+                "action",
+                "reconnect_after_ms",
             ])
             .prop_map(str::to_string),
             ".{0,6}",
@@ -324,10 +384,15 @@ fn deep_nesting_is_a_typed_error() {
             let closed = format!("{}1{}", open.repeat(depth), close.repeat(depth));
             for s in [unclosed, closed] {
                 run_all(&s);
-                assert!(matches!(canonical_json(&s), Err(ProtocolError::Malformed { .. })));
+                assert!(matches!(
+                    canonical_json(&s),
+                    Err(ProtocolError::Malformed { .. })
+                ));
                 // Deep nesting inside an otherwise valid frame: payload, response, field.
                 let frames = [
-                    format!(r#"["1",null,"sync:v1","sync:update_batch",{{"updates":[{{"topic":"t","doc_key":"k","doc_version":1,"watermark":1,"payload":{s}}}]}}]"#),
+                    format!(
+                        r#"["1",null,"sync:v1","sync:update_batch",{{"updates":[{{"topic":"t","doc_key":"k","doc_version":1,"watermark":1,"payload":{s}}}]}}]"#
+                    ),
                     format!(r#"["1","2","sync:v1","phx_reply",{{"status":"ok","response":{s}}}]"#),
                     format!(r#"["1",null,"sync:v1","sync:frame",{s}]"#),
                     format!(r#"["1",null,"sync:v1","sync:error",{{"code":"x","extra":{s}}}]"#),
@@ -348,9 +413,15 @@ fn deep_nesting_is_a_typed_error() {
                         Err(ProtocolError::Malformed { .. })
                     ));
                 }
-                run_all(&format!(r#"{{"data":{{"token":"x","expires_in":1,"extra":{s}}}}}"#));
-                run_all(&format!(r#"{{"topic":"t","snapshot_watermark":1,"docs":[],"x":{s}}}"#));
-                run_all(&format!(r#"{{"doc_key":"k","doc_version":1,"payload":{s}}}"#));
+                run_all(&format!(
+                    r#"{{"data":{{"token":"x","expires_in":1,"extra":{s}}}}}"#
+                ));
+                run_all(&format!(
+                    r#"{{"topic":"t","snapshot_watermark":1,"docs":[],"x":{s}}}"#
+                ));
+                run_all(&format!(
+                    r#"{{"doc_key":"k","doc_version":1,"payload":{s}}}"#
+                ));
                 run_all(&format!(r#"{{"error":{s}}}"#));
             }
         }
@@ -379,7 +450,10 @@ fn huge_numbers_are_typed_errors_or_exact() {
         let f = format!(
             r#"["1",null,"sync:v1","sync:update_batch",{{"updates":[{{"topic":"t","doc_key":"k","doc_version":1,"watermark":1,"{field}":{big}}}]}}]"#
         );
-        assert!(matches!(phoenix::decode(&f, &l), Err(ProtocolError::Malformed { .. })));
+        assert!(matches!(
+            phoenix::decode(&f, &l),
+            Err(ProtocolError::Malformed { .. })
+        ));
     }
     let f = r#"["1",null,"sync:v1","sync:update_batch",{"updates":[{"topic":"t","doc_key":"k","doc_version":18446744073709551615,"watermark":18446744073709551615}]}]"#;
     let ServerMessage::UpdateBatch(b) = phoenix::decode(f, &l).unwrap() else {
@@ -392,10 +466,16 @@ fn huge_numbers_are_typed_errors_or_exact() {
         format!(r#"{{"data":{{"token":"x","expires_in":{big}}}}}"#),
         r#"{"data":{"token":"x","expires_in":1e3}}"#.to_string(),
     ] {
-        assert!(matches!(decode_token_response(&body, &l), Err(ProtocolError::Malformed { .. })));
+        assert!(matches!(
+            decode_token_response(&body, &l),
+            Err(ProtocolError::Malformed { .. })
+        ));
     }
     let body = format!(r#"{{"topic":"t","snapshot_watermark":{big},"docs":[]}}"#);
-    assert!(matches!(decode_snapshot_page(&body, &l), Err(ProtocolError::Malformed { .. })));
+    assert!(matches!(
+        decode_snapshot_page(&body, &l),
+        Err(ProtocolError::Malformed { .. })
+    ));
     // A huge number *inside a payload* is fine on the wire; canonicalisation says no.
     let payload = format!(r#"{{"n":{big}}}"#);
     let f = format!(
@@ -403,7 +483,10 @@ fn huge_numbers_are_typed_errors_or_exact() {
     );
     run_all(&f);
     assert!(canonical_json(&payload).is_err());
-    assert!(matches!(canonical_json(&format!("1{big}")), Err(ProtocolError::Malformed { .. })));
+    assert!(matches!(
+        canonical_json(&format!("1{big}")),
+        Err(ProtocolError::Malformed { .. })
+    ));
     assert_eq!(canonical_json(&format!("0.{big}")).unwrap(), "1.0");
 }
 
@@ -412,7 +495,10 @@ fn duplicate_fields_and_keys() {
     let l = limits();
     // Duplicate struct fields are malformed (serde's rule), not last-wins.
     let f = r#"["1",null,"sync:v1","sync:update_batch",{"updates":[{"topic":"t","doc_key":"k","doc_version":1,"watermark":1,"watermark":2}]}]"#;
-    assert!(matches!(phoenix::decode(f, &l), Err(ProtocolError::Malformed { .. })));
+    assert!(matches!(
+        phoenix::decode(f, &l),
+        Err(ProtocolError::Malformed { .. })
+    ));
     // Duplicate keys inside a payload: the last wins in the canonical form.
     assert_eq!(canonical_json(r#"{"a":1,"a":2}"#).unwrap(), r#"{"a":2}"#);
 }

@@ -134,9 +134,21 @@ mod tests {
             redact_quoted(r#"invalid type: string "eyJ.secret", expected u64 at line 1 column 9"#),
             r#"invalid type: string "<redacted>", expected u64 at line 1 column 9"#
         );
-        assert_eq!(redact_quoted(r#"a "x\"y" b "z""#), r#"a "<redacted>" b "<redacted>""#);
-        assert_eq!(redact_quoted(r#"open "unterminated"#), r#"open "<redacted>"#);
-        assert_eq!(redact_quoted("missing field `data`"), "missing field `data`");
-        assert_eq!(redact_quoted(r#"trailing \ "\"#), r#"trailing \ "<redacted>"#);
+        assert_eq!(
+            redact_quoted(r#"a "x\"y" b "z""#),
+            r#"a "<redacted>" b "<redacted>""#
+        );
+        assert_eq!(
+            redact_quoted(r#"open "unterminated"#),
+            r#"open "<redacted>"#
+        );
+        assert_eq!(
+            redact_quoted("missing field `data`"),
+            "missing field `data`"
+        );
+        assert_eq!(
+            redact_quoted(r#"trailing \ "\"#),
+            r#"trailing \ "<redacted>"#
+        );
     }
 }

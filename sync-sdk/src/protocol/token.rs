@@ -156,7 +156,7 @@ pub fn decode_token_response(
     limits: &DecodeLimits,
 ) -> Result<TokenGrant, ProtocolError> {
     limits.check("token response", body.len())?;
-    let env: Envelope =
-        serde_json::from_str(body).map_err(|e| ProtocolError::json_redacted("token response", e))?;
+    let env: Envelope = serde_json::from_str(body)
+        .map_err(|e| ProtocolError::json_redacted("token response", e))?;
     Ok(env.data)
 }
