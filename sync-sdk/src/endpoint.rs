@@ -128,12 +128,7 @@ impl Endpoint {
     }
 
     /// The same URL with the `http(s)://` scheme, for the HTTP/1.1 upgrade request.
-    pub fn socket_upgrade_url(
-        &self,
-        token: &SyncToken,
-        client: &str,
-        build_id: &str,
-    ) -> SecretUrl {
+    pub fn socket_upgrade_url(&self, token: &SyncToken, client: &str, build_id: &str) -> SecretUrl {
         let scheme = self.base.scheme().to_owned();
         self.socket_url_with_scheme(&scheme, token, client, build_id)
     }
