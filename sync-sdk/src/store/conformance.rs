@@ -4,12 +4,12 @@
 //! damaged, foreign, newer, read-only, full, locked).
 #![allow(clippy::unwrap_used)]
 
-use futures::executor::block_on;
-
 use super::{
-    ApplyBatch, ApplyOutcome, DocWrite, Identity, IdentityCheck, MemoryStore, SqliteOptions,
-    SqliteStore, Store, StoreError, StoredDoc,
+    ApplyBatch, ApplyOutcome, DocWrite, Identity, IdentityCheck, MemoryStore, Store, StoreError,
+    StoredDoc,
 };
+#[cfg(feature = "native")]
+use super::{SqliteOptions, SqliteStore};
 use crate::protocol::{DocKey, PayloadHash, Topic, Watermark};
 
 fn topic(name: &str) -> Topic {
@@ -554,6 +554,7 @@ macro_rules! for_both_stores {
                 }
             )*
         }
+        #[cfg(feature = "native")]
         mod sqlite_store {
             $(
                 #[tokio::test]
@@ -582,3 +583,603 @@ for_both_stores!(
     list_is_sorted_by_doc_key_and_get_finds_one,
     stored_doc_round_trips_every_field,
 );
+
+// ---------------------------------------------------------------------------------------
+// MemoryStore is the reference model: random operation sequences give the same results,
+// errors and visible state on SQLite.
+// ---------------------------------------------------------------------------------------
+
+#[cfg(feature = "native")]
+mod model {
+    use futures::executor::block_on;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::SnapshotGen;
+
+    const TOPICS: [&str; 2] = ["t0", "t1"];
+    const KEYS: [&str; 4] = ["a", "b", "c", "d"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// `stale`: expect a wrong watermark.
+        Apply {
+            t: usize,
+            stale: bool,
+            advance: u64,
+            writes: Vec<(usize, u64, bool)>,
+        },
+        Begin {
+            t: usize,
+        },
+        /// `g` indexes the generations handed out so far (from the newest).
+        Put {
+            t: usize,
+            g: usize,
+            writes: Vec<(usize, u64, bool)>,
+        },
+        Finish {
+            t: usize,
+            g: usize,
+            wm: u64,
+        },
+        Bind {
+            who: usize,
+        },
+    }
+
+    fn writes() -> impl Strategy<Value = Vec<(usize, u64, bool)>> {
+        prop::collection::vec((0..KEYS.len(), 0u64..6, prop::bool::weighted(0.25)), 0..5)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..2usize, prop::bool::weighted(0.15), 0u64..3, writes())
+                .prop_map(|(t, stale, advance, writes)| Op::Apply { t, stale, advance, writes }),
+            1 => (0..2usize).prop_map(|t| Op::Begin { t }),
+            2 => (0..2usize, 0..3usize, writes()).prop_map(|(t, g, writes)| Op::Put { t, g, writes }),
+            1 => (0..2usize, 0..3usize, 0u64..30).prop_map(|(t, g, wm)| Op::Finish { t, g, wm }),
+            1 => (0..3usize).prop_map(|who| Op::Bind { who }),
+        ]
+    }
+
+    fn to_writes(w: &[(usize, u64, bool)], wm: u64) -> Vec<DocWrite> {
+        w.iter()
+            .map(|&(k, v, dead)| {
+                if dead {
+                    tomb(KEYS[k], v, wm)
+                } else {
+                    up(KEYS[k], v, wm)
+                }
+            })
+            .collect()
+    }
+
+    fn pick(gens: &[SnapshotGen], g: usize) -> SnapshotGen {
+        gens.iter()
+            .rev()
+            .nth(g)
+            .copied()
+            .unwrap_or(SnapshotGen(999))
+    }
+
+    async fn state(s: &dyn Store) -> (Vec<(Topic, Watermark)>, Vec<Vec<StoredDoc>>) {
+        let mut lists = Vec::new();
+        for t in TOPICS {
+            lists.push(s.list(topic(t)).await.unwrap());
+        }
+        (s.watermarks().await.unwrap(), lists)
+    }
+
+    fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let model = MemoryStore::new();
+        let real = SqliteStore::open_in_memory().unwrap();
+        let (mut model_gens, mut real_gens) = (Vec::new(), Vec::new());
+        block_on(async {
+            for op in ops {
+                match op {
+                    Op::Apply {
+                        t,
+                        stale,
+                        advance,
+                        writes,
+                    } => {
+                        let current = watermark(&model, TOPICS[t]).await.unwrap_or(0);
+                        let expected = if stale { current + 1 } else { current };
+                        let b = batch(
+                            TOPICS[t],
+                            expected,
+                            current + advance,
+                            to_writes(&writes, current + advance),
+                        );
+                        let (m, r) = (model.apply(b.clone()).await, real.apply(b).await);
+                        prop_assert_eq!(m, r);
+                    }
+                    Op::Begin { t } => {
+                        let m = model.begin_snapshot(topic(TOPICS[t])).await.unwrap();
+                        let r = real.begin_snapshot(topic(TOPICS[t])).await.unwrap();
+                        model_gens.push(m);
+                        real_gens.push(r);
+                    }
+                    Op::Put { t, g, writes } => {
+                        let w = to_writes(&writes, 50);
+                        let m = model
+                            .put_snapshot_page(topic(TOPICS[t]), pick(&model_gens, g), w.clone())
+                            .await;
+                        let r = real
+                            .put_snapshot_page(topic(TOPICS[t]), pick(&real_gens, g), w)
+                            .await;
+                        prop_assert_eq!(m, r);
+                    }
+                    Op::Finish { t, g, wm } => {
+                        let m = model
+                            .finish_snapshot(topic(TOPICS[t]), pick(&model_gens, g), Watermark(wm))
+                            .await;
+                        let r = real
+                            .finish_snapshot(topic(TOPICS[t]), pick(&real_gens, g), Watermark(wm))
+                            .await;
+                        prop_assert_eq!(m, r);
+                    }
+                    Op::Bind { who } => {
+                        let id = identity("https://s", Some(["u1", "u2", "u3"][who]), None);
+                        let (m, r) = (
+                            model.bind_identity(id.clone()).await,
+                            real.bind_identity(id).await,
+                        );
+                        prop_assert_eq!(m, r);
+                    }
+                }
+                prop_assert_eq!(state(&model).await, state(&real).await);
+            }
+            prop_assert!(real.integrity_check().await.unwrap());
+            Ok(())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// Also proves the SQLite store needs no tokio runtime (`block_on` only).
+        #[test]
+        fn sqlite_matches_the_memory_model(ops in prop::collection::vec(op(), 1..40)) {
+            run(ops)?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SQLite files: durability and every way a file can be unusable.
+// ---------------------------------------------------------------------------------------
+
+#[cfg(feature = "native")]
+mod sqlite_files {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::SCHEMA_VERSION;
+
+    fn db(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("khala.db")
+    }
+
+    fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open(path, SqliteOptions::default())
+    }
+
+    fn read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open(
+            path,
+            SqliteOptions {
+                read_only: true,
+                ..SqliteOptions::default()
+            },
+        )
+    }
+
+    /// A store holding `a`, `b` in topic `t` at watermark 2, then closed.
+    async fn seeded(path: &Path) {
+        let s = open(path).unwrap();
+        s.bind_identity(identity("https://s", Some("u"), None))
+            .await
+            .unwrap();
+        s.apply(batch("t", 0, 2, vec![up("a", 1, 1), up("b", 1, 2)]))
+            .await
+            .unwrap();
+        s.close();
+    }
+
+    async fn assert_seeded_intact(s: &SqliteStore) {
+        assert_eq!(versions(s, "t").await, owned(&[("a", 1), ("b", 1)]));
+        assert_eq!(watermark(s, "t").await, Some(2));
+        assert!(s.integrity_check().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_docs_watermarks_identity_and_staged_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(&dir);
+        let s = open(&path).unwrap();
+        let me = identity("https://s", Some("u"), Some("o"));
+        assert_eq!(
+            s.bind_identity(me.clone()).await.unwrap(),
+            IdentityCheck::Fresh
+        );
+        assert_eq!(
+            s.query_for_test::<String>("PRAGMA journal_mode")
+                .await
+                .unwrap(),
+            "wal"
+        );
+        assert_eq!(
+            s.query_for_test::<i64>("PRAGMA synchronous").await.unwrap(),
+            1
+        );
+        s.apply(batch("t", 0, 2, vec![up("a", 1, 1), up("b", 1, 2)]))
+            .await
+            .unwrap();
+        let g = s.begin_snapshot(topic("t")).await.unwrap();
+        s.put_snapshot_page(topic("t"), g, vec![up("z", 1, 9)])
+            .await
+            .unwrap();
+        drop(s);
+
+        let s = open(&path).unwrap();
+        assert_eq!(s.bind_identity(me).await.unwrap(), IdentityCheck::Same);
+        assert_seeded_intact(&s).await;
+        assert_eq!(
+            s.query_for_test::<i64>("PRAGMA user_version")
+                .await
+                .unwrap(),
+            i64::from(SCHEMA_VERSION)
+        );
+        // After a restart the engine begins the snapshot again: the leftover is discarded.
+        let g2 = s.begin_snapshot(topic("t")).await.unwrap();
+        assert!(g2 > g);
+        assert_eq!(
+            s.query_for_test::<i64>("SELECT count(*) FROM khala_docs")
+                .await
+                .unwrap(),
+            2
+        );
+        s.finish_snapshot(topic("t"), g2, Watermark(9))
+            .await
+            .unwrap();
+        assert!(versions(&s, "t").await.is_empty());
+        assert!(s.integrity_check().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn garbage_file_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let garbage: Vec<u8> = (0..16 * 1024).map(|_| rng.u8(..)).collect();
+        std::fs::write(db(&dir), &garbage).unwrap();
+        let err = open(&db(&dir)).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert_eq!(err.code(), "store_corrupt");
+        assert!(!err.is_retryable());
+        // Refusing did not touch it.
+        assert_eq!(std::fs::read(db(&dir)).unwrap(), garbage);
+
+        // A valid header followed by garbage is damaged too.
+        let mut headed = b"SQLite format 3\0".to_vec();
+        headed.extend_from_slice(&garbage[16..]);
+        std::fs::write(db(&dir), &headed).unwrap();
+        let err = open(&db(&dir)).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn damaged_pages_are_reported_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(&dir);
+        let s = open(&path).unwrap();
+        let writes = (0..400).map(|i| up(&format!("doc{i:04}"), 1, 1)).collect();
+        s.apply(batch("t", 0, 1, writes)).await.unwrap();
+        s.close();
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 8 * 4096);
+        for b in &mut bytes[2 * 4096..] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        // Wherever SQLite notices it, the damage surfaces as `Corrupt`, never as data.
+        let noticed = match open(&path) {
+            Err(e) => Some(e),
+            Ok(s) => match s.list(topic("t")).await {
+                Err(e) => Some(e),
+                Ok(docs) => panic!("served {} docs from a damaged file", docs.len()),
+            },
+        };
+        assert!(
+            matches!(noticed, Some(StoreError::Corrupt(_))),
+            "{noticed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn foreign_database_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(&dir);
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);
+                 INSERT INTO notes(body) VALUES('keep me');
+                 PRAGMA user_version = 7;",
+            )
+            .unwrap();
+        }
+        assert_eq!(open(&path).unwrap_err(), StoreError::Foreign);
+        assert_eq!(read_only(&path).unwrap_err(), StoreError::Foreign);
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let tables: Vec<String> = c
+            .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(tables, vec!["notes".to_owned()]);
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 7);
+    }
+
+    #[tokio::test]
+    async fn empty_file_becomes_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(db(&dir), b"").unwrap();
+        let s = open(&db(&dir)).unwrap();
+        s.apply(batch("t", 0, 1, vec![])).await.unwrap();
+        assert!(s.integrity_check().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(&dir);
+        seeded(&path).await;
+        let next = SCHEMA_VERSION + 1;
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", next).unwrap();
+        }
+        let too_new = StoreError::SchemaTooNew {
+            found: next,
+            supported: SCHEMA_VERSION,
+        };
+        assert_eq!(open(&path).unwrap_err(), too_new);
+        assert_eq!(read_only(&path).unwrap_err(), too_new);
+
+        // The meta row counts too (a tool may have reset user_version).
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .unwrap();
+            c.execute(
+                "UPDATE khala_meta SET value = ?1 WHERE key = 'schema_version'",
+                [(next + 1).to_string()],
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            open(&path).unwrap_err(),
+            StoreError::SchemaTooNew {
+                found: next + 1,
+                supported: SCHEMA_VERSION
+            }
+        );
+        // Put back, the data is all there.
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute(
+                "UPDATE khala_meta SET value = ?1 WHERE key = 'schema_version'",
+                [SCHEMA_VERSION.to_string()],
+            )
+            .unwrap();
+        }
+        assert_seeded_intact(&open(&path).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn read_only_store_refuses_writes_and_serves_committed_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(&dir);
+        seeded(&path).await;
+        let s = read_only(&path).unwrap();
+        assert_seeded_intact(&s).await;
+        assert_eq!(
+            s.bind_identity(identity("https://s", Some("u"), None))
+                .await,
+            Ok(IdentityCheck::Same)
+        );
+        let err = s
+            .apply(batch("t", 2, 3, vec![up("c", 1, 3)]))
+            .await
+            .unwrap_err();
+        assert_eq!(err, StoreError::ReadOnly);
+        assert_eq!(err.code(), "store_read_only");
+        assert_eq!(
+            s.bind_identity(identity("https://other", None, None)).await,
+            Err(StoreError::ReadOnly)
+        );
+        assert_eq!(
+            s.begin_snapshot(topic("t")).await,
+            Err(StoreError::ReadOnly)
+        );
+        assert_seeded_intact(&s).await;
+        s.close();
+        // A missing or unmigrated file cannot be opened read-only.
+        assert!(read_only(&dir.path().join("missing.db")).is_err());
+        std::fs::write(dir.path().join("empty.db"), b"").unwrap();
+        assert_eq!(
+            read_only(&dir.path().join("empty.db")).unwrap_err(),
+            StoreError::ReadOnly
+        );
+        // Still writable through a normal open.
+        let s = open(&path).unwrap();
+        s.apply(batch("t", 2, 3, vec![])).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn write_protected_file_is_read_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(&dir);
+        seeded(&path).await;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        if std::fs::OpenOptions::new().write(true).open(&path).is_ok() {
+            // Running as root: permissions are not enforced; `read_only_store_*` covers it.
+            eprintln!("skipped: the file stays writable for this user");
+            return;
+        }
+        let s = open(&path).unwrap();
+        assert_eq!(
+            s.apply(batch("t", 2, 3, vec![up("c", 1, 3)])).await,
+            Err(StoreError::ReadOnly)
+        );
+        assert_seeded_intact(&s).await;
+        s.close();
+
+        // A write-protected directory too (no -wal/-shm can be created next to the file).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        let opened = open(&path);
+        eprintln!("read-only dir: {:?}", opened.as_ref().map(|_| ()));
+        let s = opened.unwrap();
+        assert_eq!(
+            s.apply(batch("t", 2, 3, vec![up("c", 1, 3)])).await,
+            Err(StoreError::ReadOnly)
+        );
+        assert_seeded_intact(&s).await;
+        s.close();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn disk_full_rolls_back_the_whole_batch_and_keeps_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(&dir);
+        let s = open(&path).unwrap();
+        for i in 0..3u64 {
+            s.apply(batch("t", i, i + 1, vec![up(&format!("k{i}"), 1, i + 1)]))
+                .await
+                .unwrap();
+        }
+        let before = versions(&s, "t").await;
+        let pages: i64 = s.query_for_test("PRAGMA page_count").await.unwrap();
+        // Room for a page or two more: the big batch cannot fit.
+        s.query_for_test::<i64>(format!("PRAGMA max_page_count = {}", pages + 2))
+            .await
+            .unwrap();
+        let big: Vec<DocWrite> = (0..200)
+            .map(|i| DocWrite {
+                payload: Some(format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000))),
+                payload_hash: None,
+                ..up(&format!("big{i:03}"), 1, 4)
+            })
+            .collect();
+        let err = s.apply(batch("t", 3, 4, big.clone())).await.unwrap_err();
+        assert_eq!(err, StoreError::DiskFull);
+        assert_eq!(err.code(), "store_disk_full");
+        assert_eq!(versions(&s, "t").await, before);
+        assert_eq!(watermark(&s, "t").await, Some(3));
+        assert!(s.integrity_check().await.unwrap());
+
+        // A snapshot page that does not fit leaves the visible data alone as well.
+        let g = s.begin_snapshot(topic("t")).await.unwrap();
+        assert_eq!(
+            s.put_snapshot_page(topic("t"), g, big.clone()).await,
+            Err(StoreError::DiskFull)
+        );
+        assert_eq!(versions(&s, "t").await, before);
+
+        // Space again: the same batch (same expected watermark) commits in full.
+        s.query_for_test::<i64>("PRAGMA max_page_count = 1000000")
+            .await
+            .unwrap();
+        s.apply(batch("t", 3, 4, big)).await.unwrap();
+        s.close();
+        let s = open(&path).unwrap();
+        assert_eq!(versions(&s, "t").await.len(), 203);
+        assert_eq!(watermark(&s, "t").await, Some(4));
+        assert!(s.integrity_check().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn another_writer_holding_the_lock_is_busy_then_retry_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(&dir);
+        seeded(&path).await;
+        let s = SqliteStore::open(
+            &path,
+            SqliteOptions {
+                busy_timeout: Duration::from_millis(50),
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let err = s
+            .apply(batch("t", 2, 3, vec![up("c", 1, 3)]))
+            .await
+            .unwrap_err();
+        assert_eq!(err, StoreError::Busy);
+        assert!(err.is_retryable());
+        // Readers are not blocked by a writer in WAL mode.
+        assert_seeded_intact(&s).await;
+        other.execute_batch("ROLLBACK").unwrap();
+        s.apply(batch("t", 2, 3, vec![up("c", 1, 3)]))
+            .await
+            .unwrap();
+        assert_eq!(versions(&s, "t").await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn closed_store_reports_closed_for_every_clone() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let clone = s.clone();
+        s.apply(batch("t", 0, 1, vec![])).await.unwrap();
+        s.close();
+        s.close();
+        assert_eq!(clone.watermarks().await, Err(StoreError::Closed));
+        assert_eq!(
+            s.apply(batch("t", 1, 2, vec![])).await,
+            Err(StoreError::Closed)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_keep_every_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&db(&dir)).unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let name = format!("topic{t}");
+                    for i in 0..50u64 {
+                        s.apply(batch(&name, i, i + 1, vec![up(&format!("k{i}"), 1, i + 1)]))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let marks = s.watermarks().await.unwrap();
+        assert_eq!(marks.len(), 8);
+        assert!(marks.iter().all(|(_, w)| *w == Watermark(50)));
+        assert_eq!(versions(&s, "topic3").await.len(), 50);
+        assert!(s.integrity_check().await.unwrap());
+    }
+}
