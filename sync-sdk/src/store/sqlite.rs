@@ -174,6 +174,8 @@ impl SqliteStore {
         path: Option<PathBuf>,
     ) -> Result<SqliteStore, StoreError> {
         conn.busy_timeout(options.busy_timeout).map_err(map_err)?;
+        // Room for every statement the store uses (about 16), so none is ever re-prepared.
+        conn.set_prepared_statement_cache_capacity(32);
         let version = schema::check(&conn)?;
         if options.read_only {
             if version < SCHEMA_VERSION {

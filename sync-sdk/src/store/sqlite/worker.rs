@@ -8,7 +8,6 @@
 //! one writer anyway), never parks blocking-pool threads on a mutex, never blocks the async
 //! executor on disk, and closes the connection deterministically when the store is dropped.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
@@ -49,9 +48,10 @@ impl Worker {
         })
     }
 
-    /// Runs `f` on the connection thread. The job is queued now (so calls keep their order
-    /// even if the futures are polled later); the future only waits for the result.
-    pub(super) fn run<T, F>(&self, f: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    /// Runs `f` on the connection thread. Like any Rust future, nothing happens until it is
+    /// first polled; from then on the job runs to completion (commit or rollback) even if the
+    /// future is dropped, and the caller only loses the result.
+    pub(super) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -68,12 +68,10 @@ impl Worker {
             Ok(jobs) => jobs.as_ref().is_some_and(|s| s.send(job).is_ok()),
             Err(_) => false,
         };
-        async move {
-            if !queued {
-                return Err(StoreError::Closed);
-            }
-            rx.await.unwrap_or(Err(StoreError::Closed))
+        if !queued {
+            return Err(StoreError::Closed);
         }
+        rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Lets queued jobs finish, closes the connection and joins the thread. Later calls
