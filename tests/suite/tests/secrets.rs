@@ -59,7 +59,13 @@ async fn tokens_never_reach_logs_debug_or_errors() {
     srv.restart_connections();
     seed(&srv, &[RUNS], 50, 2);
     wait_caught_up(&c, &srv, Duration::from_secs(30)).await;
-    let bad = client_with(&srv, &[RUNS], &dir.path().join("b.db"), "wrong-app-token", fast_options());
+    let bad = client_with(
+        &srv,
+        &[RUNS],
+        &dir.path().join("b.db"),
+        "wrong-app-token",
+        fast_options(),
+    );
     bad.start().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let bad_status = bad.current_status();
@@ -69,12 +75,20 @@ async fn tokens_never_reach_logs_debug_or_errors() {
         "{c:?}\n{:?}\n{:?}\n{bad_status:?}\n{}",
         c.current_status(),
         c.metrics(),
-        bad_status.last_error.as_ref().map(ToString::to_string).unwrap_or_default()
+        bad_status
+            .last_error
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     );
     assert_clean("Debug/Display output", &debug);
     c.shutdown().await;
     bad.shutdown().await;
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
-    assert!(logs.len() > 1000, "trace logging captured output ({} bytes)", logs.len());
+    assert!(
+        logs.len() > 1000,
+        "trace logging captured output ({} bytes)",
+        logs.len()
+    );
     assert_clean("trace logs", &logs);
 }
