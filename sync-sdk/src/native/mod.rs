@@ -12,7 +12,7 @@
 //!     .database_path("khala.db")
 //!     .build()?;
 //! client.start()?;
-//! let mut changes = client.changes(topic.clone());
+//! let mut changes = Box::pin(client.changes(topic.clone()));
 //! while let Some(change) = changes.next().await {
 //!     println!("{change:?}");
 //! }
