@@ -30,6 +30,7 @@ pub use types::{
 };
 
 use crate::error::SyncError;
+use crate::protocol::hash;
 use crate::protocol::http::{DocResponse, SnapshotPage};
 use crate::protocol::phoenix::{self, ServerMessage, SubscribeOk};
 use crate::protocol::token::{SyncToken, TokenGrant};
@@ -1223,13 +1224,8 @@ impl Engine {
         }
         let mut docs = Vec::with_capacity(page.docs.len());
         for d in page.docs {
-            let payload = d.payload.as_deref().map_or("null", |r| r.get()).to_owned();
-            let verified = match &d.payload_hash {
-                None => true,
-                Some(h) => {
-                    crate::protocol::PayloadHash::of_json_text(&payload).is_ok_and(|c| c == *h)
-                }
-            };
+            let payload = hash::payload_text(d.payload.as_deref()).to_owned();
+            let verified = hash::matches(&payload, d.payload_hash.as_ref());
             if !verified {
                 // Rule 3: the snapshot's own copy mismatches too — keep it, mark it.
                 self.metrics.hash_mismatches += 1;
@@ -1390,21 +1386,17 @@ impl Engine {
                     verified: true,
                 });
             } else {
-                let payload = u.payload.as_deref().map_or("null", |r| r.get());
+                let payload = hash::payload_text(u.payload.as_deref());
                 let mut verified = true;
-                if let Some(h) = &u.payload_hash {
-                    let ok =
-                        crate::protocol::PayloadHash::of_json_text(payload).is_ok_and(|c| c == *h);
-                    if !ok {
-                        self.metrics.hash_mismatches += 1;
-                        if ts.hash_resyncs == 0 {
-                            // Rule 3: reject, resync the topic by snapshot once.
-                            follow = FollowUp::Snapshot;
-                            break;
-                        }
-                        self.metrics.unverified_docs += 1;
-                        verified = false;
+                if !hash::matches(payload, u.payload_hash.as_ref()) {
+                    self.metrics.hash_mismatches += 1;
+                    if ts.hash_resyncs == 0 {
+                        // Rule 3: reject, resync the topic by snapshot once.
+                        follow = FollowUp::Snapshot;
+                        break;
                     }
+                    self.metrics.unverified_docs += 1;
+                    verified = false;
                 }
                 writes.push(DocWrite {
                     doc_key: u.doc_key,
@@ -1497,17 +1489,8 @@ impl Engine {
         match r {
             Ok(doc) => {
                 let write = &mut h.batch.writes[w];
-                let payload = doc
-                    .payload
-                    .as_deref()
-                    .map_or("null", |r| r.get())
-                    .to_owned();
-                let hash_ok = match &doc.payload_hash {
-                    None => true,
-                    Some(hh) => {
-                        crate::protocol::PayloadHash::of_json_text(&payload).is_ok_and(|c| c == *hh)
-                    }
-                };
+                let payload = hash::payload_text(doc.payload.as_deref()).to_owned();
+                let hash_ok = hash::matches(&payload, doc.payload_hash.as_ref());
                 if doc.doc_version < write.doc_version || !hash_ok {
                     // The doc route is behind the stream or corrupt: retry the batch later.
                     self.metrics.hash_mismatches += u64::from(!hash_ok);

@@ -204,6 +204,18 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// A payload's JSON text; `null` when the wire had none (tombstones, omitted payloads).
+pub fn payload_text(raw: Option<&RawValue>) -> &str {
+    raw.map_or("null", RawValue::get)
+}
+
+/// True when there is nothing to check (`expected` is `None`) or the canonical hash of
+/// `payload` (JSON text) equals `expected`. A payload that cannot be canonicalised does not
+/// match.
+pub fn matches(payload: &str, expected: Option<&PayloadHash>) -> bool {
+    expected.is_none_or(|h| PayloadHash::of_json_text(payload).is_ok_and(|c| c == *h))
+}
+
 /// Verifies a raw payload against an expected hash. `None` means the server sent no hash
 /// (`payload_hash: null`): nothing to check.
 pub fn verify(raw: &RawValue, expected: Option<&PayloadHash>) -> Result<bool, ProtocolError> {
