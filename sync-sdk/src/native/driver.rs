@@ -183,14 +183,10 @@ impl Driver {
                     token,
                 } => {
                     let url = self.endpoint.snapshot_url(&topic, cursor.as_deref(), limit);
-                    let http = self.http.clone();
-                    let tx = self.io_tx.clone();
-                    let limits = self.limits;
-                    tokio::spawn(async move {
+                    let (http, limits) = (self.http.clone(), self.limits);
+                    self.spawn_event(async move {
                         let r = http::fetch_snapshot_page(&http, &url, &token, &limits).await;
-                        let _ = tx
-                            .send(IoEvent::Engine(Event::SnapshotPageFetched(topic, r)))
-                            .await;
+                        Event::SnapshotPageFetched(topic, r)
                     });
                 }
                 Action::StoreSnapshotPage {
@@ -217,14 +213,10 @@ impl Driver {
                     token,
                 } => {
                     let url = self.endpoint.doc_url(&topic, &doc_key);
-                    let http = self.http.clone();
-                    let tx = self.io_tx.clone();
-                    let limits = self.limits;
-                    tokio::spawn(async move {
+                    let (http, limits) = (self.http.clone(), self.limits);
+                    self.spawn_event(async move {
                         let r = http::fetch_doc(&http, &url, &token, &limits).await;
-                        let _ = tx
-                            .send(IoEvent::Engine(Event::DocFetched(topic, doc_key, r)))
-                            .await;
+                        Event::DocFetched(topic, doc_key, r)
                     });
                 }
                 Action::Notify(Notification::Status(s)) => {
@@ -244,14 +236,23 @@ impl Driver {
         }
     }
 
+    /// Runs an HTTP call as a task; its result comes back as an engine event.
+    fn spawn_event(&self, call: impl std::future::Future<Output = Event> + Send + 'static) {
+        let tx = self.io_tx.clone();
+        tokio::spawn(async move {
+            let event = call.await;
+            // The driver may have stopped meanwhile: then nobody needs the answer.
+            let _ = tx.send(IoEvent::Engine(event)).await;
+        });
+    }
+
     fn spawn_token_fetch(&self) {
         let http = self.http.clone();
         let url = self.endpoint.token_url();
         let creds = Arc::clone(&self.credentials);
         let req = self.token_request.clone();
-        let tx = self.io_tx.clone();
         let limits = self.limits;
-        tokio::spawn(async move {
+        self.spawn_event(async move {
             let r = match creds.headers().await {
                 Ok(headers) => http::fetch_token(&http, &url, headers, &req, &limits).await,
                 Err(message) => Err(HttpFailure::Status {
@@ -261,7 +262,7 @@ impl Driver {
                     retry_after: None,
                 }),
             };
-            let _ = tx.send(IoEvent::Engine(Event::TokenFetched(r))).await;
+            Event::TokenFetched(r)
         });
     }
 }

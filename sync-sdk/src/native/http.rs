@@ -106,13 +106,14 @@ fn bearer(token: &SyncToken) -> Result<HeaderValue, HttpFailure> {
     Ok(v)
 }
 
-/// One snapshot page.
-pub(crate) async fn fetch_snapshot_page(
+/// `GET` a route that takes the sync token and decode its JSON body with `decode`.
+async fn get_authorized<T>(
     http: &reqwest::Client,
     url: &str,
     token: &SyncToken,
     limits: &DecodeLimits,
-) -> Result<SnapshotPage, HttpFailure> {
+    decode: fn(&str, &DecodeLimits) -> Result<T, crate::protocol::ProtocolError>,
+) -> Result<T, HttpFailure> {
     let resp = http
         .get(url)
         .header(AUTHORIZATION, bearer(token)?)
@@ -123,7 +124,17 @@ pub(crate) async fn fetch_snapshot_page(
         return Err(failure(resp).await);
     }
     let body = read_capped(resp, limits.max_frame_bytes).await?;
-    decode_snapshot_page(&body, limits).map_err(HttpFailure::Decode)
+    decode(&body, limits).map_err(HttpFailure::Decode)
+}
+
+/// One snapshot page.
+pub(crate) async fn fetch_snapshot_page(
+    http: &reqwest::Client,
+    url: &str,
+    token: &SyncToken,
+    limits: &DecodeLimits,
+) -> Result<SnapshotPage, HttpFailure> {
+    get_authorized(http, url, token, limits, decode_snapshot_page).await
 }
 
 /// One document from the hydration route.
@@ -133,15 +144,5 @@ pub(crate) async fn fetch_doc(
     token: &SyncToken,
     limits: &DecodeLimits,
 ) -> Result<DocResponse, HttpFailure> {
-    let resp = http
-        .get(url)
-        .header(AUTHORIZATION, bearer(token)?)
-        .send()
-        .await
-        .map_err(transport)?;
-    if !resp.status().is_success() {
-        return Err(failure(resp).await);
-    }
-    let body = read_capped(resp, limits.max_frame_bytes).await?;
-    decode_doc_response(&body, limits).map_err(HttpFailure::Decode)
+    get_authorized(http, url, token, limits, decode_doc_response).await
 }
