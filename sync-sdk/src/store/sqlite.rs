@@ -356,24 +356,28 @@ fn upsert_doc(
     payload: &str,
     strictly_newer: bool,
 ) -> Result<bool, StoreError> {
+    // One statement text, two comparators: `concat!` keeps both `&'static str` so the
+    // statement cache sees two stable keys and nothing is formatted per write.
+    macro_rules! upsert_sql {
+        ($cmp:literal) => {
+            concat!(
+                "INSERT INTO khala_docs(topic, snapshot_gen, doc_key, doc_version, payload, payload_hash,
+                                        watermark, verified)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(topic, snapshot_gen, doc_key) DO UPDATE SET
+                     doc_version = excluded.doc_version, payload = excluded.payload,
+                     payload_hash = excluded.payload_hash, watermark = excluded.watermark,
+                     verified = excluded.verified
+                 WHERE excluded.doc_version ",
+                $cmp,
+                " khala_docs.doc_version"
+            )
+        };
+    }
     let sql = if strictly_newer {
-        "INSERT INTO khala_docs(topic, snapshot_gen, doc_key, doc_version, payload, payload_hash,
-                                watermark, verified)
-         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT(topic, snapshot_gen, doc_key) DO UPDATE SET
-             doc_version = excluded.doc_version, payload = excluded.payload,
-             payload_hash = excluded.payload_hash, watermark = excluded.watermark,
-             verified = excluded.verified
-         WHERE excluded.doc_version > khala_docs.doc_version"
+        upsert_sql!(">")
     } else {
-        "INSERT INTO khala_docs(topic, snapshot_gen, doc_key, doc_version, payload, payload_hash,
-                                watermark, verified)
-         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT(topic, snapshot_gen, doc_key) DO UPDATE SET
-             doc_version = excluded.doc_version, payload = excluded.payload,
-             payload_hash = excluded.payload_hash, watermark = excluded.watermark,
-             verified = excluded.verified
-         WHERE excluded.doc_version >= khala_docs.doc_version"
+        upsert_sql!(">=")
     };
     let changed = c
         .prepare_cached(sql)
