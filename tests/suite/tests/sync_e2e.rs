@@ -59,10 +59,7 @@ async fn client_restart_resumes_from_watermark_without_snapshot() {
     seed(&srv, &[RUNS], 600, 1);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
-    let c1 = client(&srv, &[RUNS], &db);
-    c1.start().unwrap();
-    wait_caught_up(&c1, &srv, T).await;
-    c1.shutdown().await;
+    sync_once(&srv, &[RUNS], &db, T).await;
     let before = srv.metrics();
     // The world moves on while the app is closed.
     seed(&srv, &[RUNS], 900, 2);
@@ -118,10 +115,7 @@ async fn forced_stale_cursor_takes_exactly_one_snapshot_then_tails() {
     seed(&srv, &[RUNS, WORKERS], 400, 1);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
-    let c1 = client(&srv, &[RUNS, WORKERS], &db);
-    c1.start().unwrap();
-    wait_caught_up(&c1, &srv, T).await;
-    c1.shutdown().await;
+    sync_once(&srv, &[RUNS, WORKERS], &db, T).await;
     seed(&srv, &[RUNS, WORKERS], 50, 2);
     srv.set_faults(Faults {
         force_stale: Some(ForceStale {
@@ -154,10 +148,7 @@ async fn retention_floor_overtaking_the_cursor_bootstraps_once() {
     seed(&srv, &[RUNS], 300, 1);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
-    let c1 = client(&srv, &[RUNS], &db);
-    c1.start().unwrap();
-    wait_caught_up(&c1, &srv, T).await;
-    c1.shutdown().await;
+    sync_once(&srv, &[RUNS], &db, T).await;
     seed(&srv, &[RUNS], 300, 2);
     srv.truncate_before(RUNS, srv.head(RUNS) - 10);
     let c2 = client(&srv, &[RUNS], &db);
@@ -209,10 +200,7 @@ async fn dropped_connection_mid_replay_leaves_no_gap() {
     seed(&srv, &[RUNS], 100, 1);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
-    let c1 = client(&srv, &[RUNS], &db);
-    c1.start().unwrap();
-    wait_caught_up(&c1, &srv, T).await;
-    c1.shutdown().await;
+    sync_once(&srv, &[RUNS], &db, T).await;
     seed(&srv, &[RUNS], 3_000, 2);
     // Replay of 3000 updates goes out in 200-update batches; cut the socket after 4 frames.
     srv.set_faults(Faults {

@@ -100,6 +100,14 @@ pub async fn wait_caught_up(
     }
 }
 
+/// A previous app session: sync `db` up to the server's head, then shut down cleanly.
+pub async fn sync_once(server: &DevServer, topics: &[&str], db: &Path, timeout: Duration) {
+    let c = client(server, topics, db);
+    c.start().expect("client starts");
+    wait_caught_up(&c, server, timeout).await;
+    c.shutdown().await;
+}
+
 /// Asserts the local copy of `topic` equals the server's: same keys, versions, hashes,
 /// payloads; nothing missing, nothing extra.
 pub async fn assert_converged(client: &SyncClient, server: &DevServer, topic_name: &str) {
