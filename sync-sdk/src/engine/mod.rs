@@ -1449,7 +1449,6 @@ impl Engine {
     fn emit_apply(&mut self, i: usize, batch: ApplyBatch, follow: FollowUp) {
         let ts = &mut self.topics[i];
         ts.inflight = Some(Inflight {
-            new_watermark: batch.new_watermark,
             changes: batch
                 .writes
                 .iter()

@@ -26,8 +26,6 @@ pub(super) enum RetryKind {
 
 #[derive(Debug)]
 pub(super) struct Inflight {
-    #[allow(dead_code)]
-    pub new_watermark: Watermark,
     pub changes: Vec<Change>,
     pub follow: FollowUp,
 }
