@@ -89,6 +89,10 @@ pub struct ClientOptions {
     pub backoff_base: Duration,
     /// Largest backoff window. Default 30 s.
     pub backoff_cap: Duration,
+    /// Window over which the first reconnect after losing an established connection is
+    /// spread (uniformly random), so a server restart is not met by every client at once.
+    /// Default 5 s; `network_changed()` reconnects at once regardless.
+    pub reconnect_spread: Duration,
     /// Client heartbeat period. Default 20 s.
     pub heartbeat_interval: Duration,
     /// Silence before the connection counts as dead. Default 45 s.
@@ -118,6 +122,7 @@ impl Default for ClientOptions {
             snapshot_page_limit: 1000,
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
+            reconnect_spread: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(20),
             dead_after: Duration::from_secs(45),
             max_frame_bytes: DecodeLimits::default().max_frame_bytes,
@@ -222,6 +227,7 @@ impl SyncClientBuilder {
         cfg.replay_batch_size = opts.replay_batch_size;
         cfg.snapshot_page_limit = opts.snapshot_page_limit;
         cfg.backoff_base = opts.backoff_base;
+        cfg.reconnect_spread = opts.reconnect_spread;
         cfg.backoff_cap = opts.backoff_cap;
         cfg.heartbeat_interval = opts.heartbeat_interval;
         cfg.dead_after = opts.dead_after;
@@ -448,5 +454,12 @@ impl SyncClient {
     /// The configured topics.
     pub fn topics(&self) -> &[Topic] {
         &self.inner.topics
+    }
+
+    /// Live change listeners: streams from [`SyncClient::changes`] /
+    /// [`SyncClient::all_changes`] not yet dropped. Lets bindings prove that cancelling a
+    /// listener releases it.
+    pub fn change_listener_count(&self) -> usize {
+        self.inner.changes_tx.receiver_count()
     }
 }
