@@ -1,0 +1,487 @@
+//! The browser driver: the same loop as the native tokio driver — feed the engine, execute
+//! its actions — on `spawn_local`, futures channels and `setTimeout`. It owns nothing but IO
+//! handles; every decision is the engine's.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::{spawn_local, JsFuture};
+
+use khala_sync::endpoint::Endpoint;
+use khala_sync::engine::{
+    Action, Change, ConnId, Engine, Event, HttpFailure, Metrics, Millis, Notification, SyncStatus,
+};
+use khala_sync::protocol::http::{decode_doc_response, decode_snapshot_page};
+use khala_sync::protocol::token::{decode_token_response, TokenRequest};
+use khala_sync::protocol::DecodeLimits;
+use khala_sync::store::Store;
+use khala_sync::Topic;
+
+use crate::convert;
+use crate::net::{self, Sleep, Socket, WsEvent};
+
+/// Change buffer per subscriber; a reader further behind loses the oldest (and should
+/// re-read with `list`), like the native client's broadcast channel.
+pub(crate) const CHANGE_BUFFER: usize = 8192;
+
+/// State shared by the driver task and the `WasmClient` handle (one thread: `Rc`/`RefCell`).
+pub(crate) struct Shared {
+    pub status: RefCell<SyncStatus>,
+    pub metrics: RefCell<Metrics>,
+    pub status_listeners: RefCell<Vec<(u32, js_sys::Function)>>,
+    pub subscribers: RefCell<Vec<(Topic, mpsc::Sender<Change>)>>,
+    pub next_id: Cell<u32>,
+    /// `Date.now()` at engine time 0.
+    pub origin_epoch_ms: f64,
+}
+
+impl Shared {
+    pub(crate) fn next_id(&self) -> u32 {
+        let id = self.next_id.get().wrapping_add(1);
+        self.next_id.set(id);
+        id
+    }
+
+    pub(crate) fn status_js(&self) -> JsValue {
+        convert::status(&self.status.borrow(), self.origin_epoch_ms)
+    }
+
+    fn publish_status(&self, s: SyncStatus) {
+        *self.status.borrow_mut() = s;
+        let js = self.status_js();
+        // Listeners may (un)subscribe from inside the callback: call a copy of the list.
+        let listeners: Vec<js_sys::Function> = self
+            .status_listeners
+            .borrow()
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect();
+        for f in listeners {
+            if let Err(e) = f.call1(&JsValue::UNDEFINED, &js) {
+                web_sys_console_error("khala-sync: onStatus listener threw", &e);
+            }
+        }
+    }
+
+    fn publish_change(&self, c: &Change) {
+        let mut subs = self.subscribers.borrow_mut();
+        subs.retain_mut(|(topic, tx)| {
+            if tx.is_closed() {
+                return false;
+            }
+            if topic == c.topic() {
+                if let Err(e) = tx.try_send(c.clone()) {
+                    if e.is_disconnected() {
+                        return false;
+                    }
+                    // Full: this reader lags; it skips this change (documented).
+                }
+            }
+            true
+        });
+    }
+
+    /// Ends every change iterator (client closed).
+    pub(crate) fn close_subscribers(&self) {
+        for (_, mut tx) in self.subscribers.borrow_mut().drain(..) {
+            tx.close_channel();
+        }
+    }
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error2(a: &str, b: &JsValue);
+}
+
+fn web_sys_console_error(msg: &str, e: &JsValue) {
+    console_error2(msg, e);
+}
+
+/// Inputs from the app handle.
+pub(crate) enum Command {
+    /// App `pause()` / `resume()`.
+    AppPaused(bool),
+    /// Browser `offline` (true) / `online` (false).
+    Offline(bool),
+    /// `visibilitychange` to visible, or the app's `networkChanged()`.
+    NetworkChanged,
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum Io {
+    Ws(WsEvent),
+    Engine(Event),
+}
+
+pub(crate) struct Driver {
+    pub engine: Engine,
+    pub store: Rc<dyn Store>,
+    pub endpoint: Endpoint,
+    pub credentials: js_sys::Function,
+    pub token_request: TokenRequest,
+    pub client_name: String,
+    pub client_build_id: String,
+    pub limits: DecodeLimits,
+    pub shared: Rc<Shared>,
+    pub cmd_rx: mpsc::UnboundedReceiver<Command>,
+    /// `performance.now()` at engine time 0.
+    pub origin_ms: f64,
+}
+
+struct Running {
+    d: Driver,
+    ws_tx: mpsc::UnboundedSender<WsEvent>,
+    ev_tx: mpsc::UnboundedSender<Event>,
+    conns: HashMap<ConnId, Socket>,
+    /// Sockets between `Connect` and `open`.
+    pending: HashMap<ConnId, Socket>,
+    app_paused: bool,
+    offline: bool,
+}
+
+impl Driver {
+    /// Runs until shutdown (spawned with `spawn_local`).
+    pub(crate) async fn run(self) {
+        let (ws_tx, mut ws_rx) = mpsc::unbounded();
+        let (ev_tx, mut ev_rx) = mpsc::unbounded();
+        let mut r = Running {
+            d: self,
+            ws_tx,
+            ev_tx,
+            conns: HashMap::new(),
+            pending: HashMap::new(),
+            app_paused: false,
+            offline: false,
+        };
+        r.feed(Event::Start);
+        loop {
+            r.execute().await;
+            let delay = r.d.engine.poll_timeout().map(|Millis(at)| {
+                let now = r.now().0;
+                Duration::from_millis(at.saturating_sub(now))
+            });
+            let mut sleep = match delay {
+                Some(d) => Sleep::new(d).left_future(),
+                None => futures::future::pending().right_future(),
+            }
+            .fuse();
+            let io = futures::select_biased! {
+                cmd = r.d.cmd_rx.next() => match cmd {
+                    Some(Command::Shutdown(reply)) => {
+                        r.feed(Event::Shutdown);
+                        r.execute().await;
+                        r.conns.clear();
+                        r.pending.clear();
+                        r.d.shared.close_subscribers();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(cmd) => { r.on_command(cmd); continue; }
+                    None => {
+                        // Every handle is gone.
+                        r.feed(Event::Shutdown);
+                        r.execute().await;
+                        return;
+                    }
+                },
+                ev = ws_rx.next() => ev.map(Io::Ws),
+                ev = ev_rx.next() => ev.map(Io::Engine),
+                () = sleep => Some(Io::Engine(Event::Timer)),
+            };
+            match io {
+                Some(Io::Ws(ev)) => r.on_ws(ev),
+                Some(Io::Engine(ev)) => r.feed(ev),
+                None => {}
+            }
+        }
+    }
+}
+
+impl Running {
+    fn now(&self) -> Millis {
+        let elapsed = (net::now_ms() - self.d.origin_ms).max(0.0);
+        Millis(elapsed as u64)
+    }
+
+    fn feed(&mut self, event: Event) {
+        let now = self.now();
+        self.d.engine.handle(event, now);
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let was_paused = self.app_paused || self.offline;
+        match cmd {
+            Command::AppPaused(p) => self.app_paused = p,
+            Command::Offline(o) => {
+                self.offline = o;
+                if !o {
+                    // Back online: also retry now if a connection attempt is waiting.
+                    let was = was_paused;
+                    self.resume_or_pause(was);
+                    self.feed(Event::NetworkChanged);
+                    return;
+                }
+            }
+            Command::NetworkChanged => {
+                self.feed(Event::NetworkChanged);
+                return;
+            }
+            Command::Shutdown(_) => return,
+        }
+        self.resume_or_pause(was_paused);
+    }
+
+    fn resume_or_pause(&mut self, was_paused: bool) {
+        let paused = self.app_paused || self.offline;
+        match (was_paused, paused) {
+            (false, true) => self.feed(Event::Pause),
+            (true, false) => self.feed(Event::Resume),
+            // `resume()` while running also retries after an auth failure.
+            (false, false) => self.feed(Event::Resume),
+            (true, true) => {}
+        }
+    }
+
+    fn on_ws(&mut self, ev: WsEvent) {
+        match ev {
+            WsEvent::Open(id) => {
+                if let Some(s) = self.pending.remove(&id) {
+                    self.conns.insert(id, s);
+                    self.feed(Event::Connected(id));
+                }
+            }
+            WsEvent::OpenFailed(id, reason) => {
+                if self.pending.remove(&id).is_some() {
+                    self.feed(Event::ConnectFailed(id, HttpFailure::Transport(reason)));
+                }
+            }
+            WsEvent::Frame(id, text) => {
+                if self.conns.contains_key(&id) {
+                    self.feed(Event::Frame(id, text));
+                }
+            }
+            WsEvent::Closed(id, reason) => {
+                if self.conns.remove(&id).is_some() {
+                    self.feed(Event::Disconnected(id, reason));
+                }
+            }
+        }
+    }
+
+    /// Runs every pending action. Store work is awaited here, in order, so a batch is
+    /// committed (or rolled back) before the next event is looked at.
+    async fn execute(&mut self) {
+        while let Some(action) = self.d.engine.poll_action() {
+            match action {
+                Action::FetchToken => self.spawn_token_fetch(),
+                Action::BindIdentity(identity) => {
+                    let r = match self.d.store.bind_identity(identity).await {
+                        Ok(_) => self.d.store.watermarks().await,
+                        Err(e) => Err(e),
+                    };
+                    self.feed(Event::IdentityBound(r));
+                }
+                Action::Connect { conn, token } => {
+                    let url = self.d.endpoint.socket_url(
+                        &token,
+                        &self.d.client_name,
+                        &self.d.client_build_id,
+                    );
+                    match Socket::open(
+                        conn,
+                        url.expose(),
+                        self.d.limits.max_frame_bytes,
+                        self.ws_tx.clone(),
+                    ) {
+                        Ok(s) => {
+                            self.pending.insert(conn, s);
+                        }
+                        Err(m) => self.feed(Event::ConnectFailed(conn, HttpFailure::Transport(m))),
+                    }
+                }
+                Action::Send { conn, text } => {
+                    if let Some(s) = self.conns.get(&conn) {
+                        // A failed send is followed by the socket's close event.
+                        let _ = s.send(&text);
+                    }
+                }
+                Action::Close(conn) => {
+                    self.conns.remove(&conn);
+                    self.pending.remove(&conn);
+                }
+                Action::Apply(batch) => {
+                    let topic = batch.topic.clone();
+                    let r = self.d.store.apply(batch).await;
+                    self.feed(Event::Applied(topic, r));
+                }
+                Action::BeginSnapshot(topic) => {
+                    let r = self.d.store.begin_snapshot(topic.clone()).await;
+                    self.feed(Event::SnapshotBegun(topic, r));
+                }
+                Action::FetchSnapshotPage {
+                    topic,
+                    cursor,
+                    limit,
+                    token,
+                } => {
+                    let url = self
+                        .d
+                        .endpoint
+                        .snapshot_url(&topic, cursor.as_deref(), limit);
+                    let auth = bearer(token.expose());
+                    let limits = self.d.limits;
+                    self.spawn_event(async move {
+                        let r = net::http_decode(
+                            "GET",
+                            &url,
+                            &auth,
+                            None,
+                            &limits,
+                            decode_snapshot_page,
+                        )
+                        .await;
+                        Event::SnapshotPageFetched(topic, r)
+                    });
+                }
+                Action::StoreSnapshotPage {
+                    topic,
+                    generation,
+                    docs,
+                    finish,
+                } => {
+                    let mut r = self
+                        .d
+                        .store
+                        .put_snapshot_page(topic.clone(), generation, docs)
+                        .await;
+                    if let (Ok(()), Some(w)) = (&r, finish) {
+                        r = self
+                            .d
+                            .store
+                            .finish_snapshot(topic.clone(), generation, w)
+                            .await;
+                    }
+                    self.feed(Event::SnapshotPageStored(topic, r));
+                }
+                Action::FetchDoc {
+                    topic,
+                    doc_key,
+                    token,
+                } => {
+                    let url = self.d.endpoint.doc_url(&topic, &doc_key);
+                    let auth = bearer(token.expose());
+                    let limits = self.d.limits;
+                    self.spawn_event(async move {
+                        let r = net::http_decode(
+                            "GET",
+                            &url,
+                            &auth,
+                            None,
+                            &limits,
+                            decode_doc_response,
+                        )
+                        .await;
+                        Event::DocFetched(topic, doc_key, r)
+                    });
+                }
+                Action::Notify(Notification::Status(s)) => self.d.shared.publish_status(s),
+                Action::Notify(Notification::Changes(changes)) => {
+                    for c in &changes {
+                        self.d.shared.publish_change(c);
+                    }
+                }
+            }
+        }
+        self.d
+            .shared
+            .metrics
+            .borrow_mut()
+            .clone_from(self.d.engine.metrics());
+    }
+
+    /// Runs an HTTP call as a task; its result comes back as an engine event.
+    fn spawn_event(&self, call: impl std::future::Future<Output = Event> + 'static) {
+        let tx = self.ev_tx.clone();
+        spawn_local(async move {
+            let event = call.await;
+            // The driver may have stopped meanwhile: then nobody needs the answer.
+            let _ = tx.unbounded_send(event);
+        });
+    }
+
+    fn spawn_token_fetch(&self) {
+        let url = self.d.endpoint.token_url();
+        let creds = self.d.credentials.clone();
+        let body = serde_json::to_string(&self.d.token_request).unwrap_or_else(|_| "{}".into());
+        let limits = self.d.limits;
+        self.spawn_event(async move {
+            let r = match app_headers(&creds).await {
+                Ok(mut headers) => {
+                    headers.push(("Content-Type".into(), "application/json".into()));
+                    net::http_decode(
+                        "POST",
+                        &url,
+                        &headers,
+                        Some(body),
+                        &limits,
+                        decode_token_response,
+                    )
+                    .await
+                }
+                Err(message) => Err(HttpFailure::Status {
+                    status: 401,
+                    code: Some("credentials_unavailable".into()),
+                    message,
+                    retry_after: None,
+                }),
+            };
+            Event::TokenFetched(r)
+        });
+    }
+}
+
+fn bearer(token: &str) -> Vec<(String, String)> {
+    vec![("Authorization".into(), format!("Bearer {token}"))]
+}
+
+/// Calls the app's `credentials()` (sync or async) and reads the returned header object.
+/// Messages never include header values.
+async fn app_headers(f: &js_sys::Function) -> Result<Vec<(String, String)>, String> {
+    let v = f
+        .call0(&JsValue::UNDEFINED)
+        .map_err(|e| format!("credentials() threw: {}", js_message(&e)))?;
+    let v = if v.is_instance_of::<js_sys::Promise>() {
+        JsFuture::from(js_sys::Promise::from(v))
+            .await
+            .map_err(|e| format!("credentials() rejected: {}", js_message(&e)))?
+    } else {
+        v
+    };
+    if !v.is_object() {
+        return Err("credentials() must return an object of header names to values".into());
+    }
+    let mut out = Vec::new();
+    for entry in js_sys::Object::entries(v.unchecked_ref::<js_sys::Object>()).iter() {
+        let pair = js_sys::Array::from(&entry);
+        let (Some(k), Some(val)) = (pair.get(0).as_string(), pair.get(1).as_string()) else {
+            return Err("credentials() header values must be strings".into());
+        };
+        out.push((k, val));
+    }
+    Ok(out)
+}
+
+fn js_message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| "unknown error".into())
+}
