@@ -63,6 +63,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/dev/faults", post(dev_set_faults).get(dev_get_faults))
         .route("/dev/state/{topic}", get(dev_state))
         .route("/dev/truncate", post(dev_truncate))
+        .merge(crate::web::routes())
         .with_state(shared)
 }
 

@@ -30,6 +30,7 @@ mod server;
 mod socket;
 mod state;
 mod time;
+mod web;
 
 pub use canonical::{
     canonical_json, payload_digest, payload_hash, payload_hash_display, payload_hash_of_raw,
