@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds the npm package into bindings-wasm/pkg:
+#   pkg/web/   wasm-bindgen --target web    (browsers, workers; ES module)
+#   pkg/node/  wasm-bindgen --target nodejs (Node; CommonJS loaded by node.mjs)
+#   pkg/index.js, pkg/node.mjs, pkg/core.js, pkg/index.d.ts (hand-written wrapper + types)
+# Release build, then wasm-opt -Oz (binaryen from npm; Debian's binaryen 108 breaks
+# externref tables, see TOOLCHAINS.md). Prints raw and gzipped sizes.
+#
+#   scripts/build.sh            # release + wasm-opt
+#   scripts/build.sh --dev      # debug build, no wasm-opt (fast iteration)
+# Needs: the wasm32 target, wasm-bindgen 0.2.130 and `npm install` (scripts/test.sh does it).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+PROFILE=release
+[ "${1:-}" = "--dev" ] && PROFILE=dev
+cd "$ROOT"
+if [ "$PROFILE" = release ]; then
+  # Size profile for the wasm build only (the workspace's release profile is for native).
+  export CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=true \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
+    CARGO_PROFILE_RELEASE_DEBUG=0
+  cargo build -p khala-sync-wasm --target wasm32-unknown-unknown --release --quiet
+  WASM=target/wasm32-unknown-unknown/release/khala_sync_wasm.wasm
+else
+  cargo build -p khala-sync-wasm --target wasm32-unknown-unknown --quiet
+  WASM=target/wasm32-unknown-unknown/debug/khala_sync_wasm.wasm
+fi
+OUT="$HERE/pkg"
+rm -rf "$OUT"; mkdir -p "$OUT"
+wasm-bindgen --target web --out-dir "$OUT/web" "$WASM"
+wasm-bindgen --target nodejs --out-dir "$OUT/node" "$WASM"
+if [ "$PROFILE" = release ]; then
+  OPT="$HERE/node_modules/.bin/wasm-opt"
+  FLAGS=(-Oz --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int
+         --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue)
+  for f in "$OUT/web/khala_sync_wasm_bg.wasm" "$OUT/node/khala_sync_wasm_bg.wasm"; do
+    "$OPT" "${FLAGS[@]}" --strip-debug --strip-producers "$f" -o "$f.opt"
+    mv "$f.opt" "$f"
+  done
+fi
+cp "$HERE"/js/{core.js,index.js,node.mjs,index.d.ts} "$OUT/"
+cp "$OUT/index.d.ts" "$OUT/node.d.mts"
+W="$OUT/web/khala_sync_wasm_bg.wasm"
+raw=$(stat -c %s "$W")
+gz=$(gzip -9 -c "$W" | wc -c)
+js=$(cat "$OUT/web/khala_sync_wasm.js" "$OUT"/{core.js,index.js} | gzip -9 | wc -c)
+echo "khala-sync web package ($PROFILE): wasm ${raw} bytes raw, ${gz} bytes gzip -9; JS glue ${js} bytes gzipped"
+echo "$raw $gz $js" > "$OUT/SIZE"
