@@ -30,6 +30,7 @@ OUT="$HERE/pkg"
 rm -rf "$OUT"; mkdir -p "$OUT"
 wasm-bindgen --target web --out-dir "$OUT/web" "$WASM"
 wasm-bindgen --target nodejs --out-dir "$OUT/node" "$WASM"
+echo '{"type":"commonjs"}' > "$OUT/node/package.json"   # the nodejs target is CommonJS
 if [ "$PROFILE" = release ]; then
   OPT="$HERE/node_modules/.bin/wasm-opt"
   FLAGS=(-Oz --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int

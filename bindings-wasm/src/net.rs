@@ -253,10 +253,9 @@ impl Socket {
 
         let (tx, ws2) = (events.clone(), ws.clone());
         let on_message = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
-            let Some(ev) = ev.dyn_ref::<MessageEvent>() else {
-                return;
-            };
-            let data = ev.data();
+            // Read `data` structurally: Node's WebSocket (undici) dispatches its own
+            // MessageEvent class, which is not `instanceof globalThis.MessageEvent`.
+            let data = ev.unchecked_ref::<MessageEvent>().data();
             let text = if let Some(s) = data.as_string() {
                 s
             } else if let Some(buf) = data.dyn_ref::<js_sys::ArrayBuffer>() {
@@ -280,9 +279,8 @@ impl Socket {
 
         let (tx, o) = (events, opened);
         let on_close = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
-            let (code, reason) = ev
-                .dyn_ref::<CloseEvent>()
-                .map_or((0, String::new()), |c| (c.code(), c.reason()));
+            let c = ev.unchecked_ref::<CloseEvent>();
+            let (code, reason) = (c.code(), c.reason());
             let text = if reason.is_empty() {
                 format!("closed ({code})")
             } else {

@@ -1,0 +1,80 @@
+// The web shell: status, bootstrap progress and a live document list, all from the khala-sync
+// package (no sync logic here). Query parameters: topics=a,b (default runtime.run_summaries),
+// db=<IndexedDB name>, token=<app token> (default dev-app-token), persist=0 for memory only,
+// pkg=<URL of the package's index.js>. Served by the dev server under /web/ (same origin).
+const params = new URLSearchParams(location.search);
+const pkgUrl = params.get('pkg') ?? '../../bindings-wasm/pkg/index.js';
+const { KhalaSync } = await import(pkgUrl);
+
+const topics = (params.get('topics') ?? 'runtime.run_summaries').split(',').filter(Boolean);
+const shown = topics[0];
+const appToken = params.get('token') ?? 'dev-app-token';
+const $ = (id) => document.getElementById(id);
+
+const docs = new Map(); // key -> {version, watermark, value}
+
+function renderStatus(s) {
+  $('state').textContent = s.state;
+  $('state').dataset.state = s.state;
+  $('transport').textContent = s.transport;
+  $('error').textContent = s.lastError ? `${s.lastError.code}: ${s.lastError.message}` : '';
+  const body = $('topics').tBodies[0];
+  body.replaceChildren(...s.topics.map((t) => {
+    const tr = document.createElement('tr');
+    tr.dataset.topic = t.topic;
+    tr.dataset.phase = t.phase;
+    const progress = t.phase === 'bootstrapping'
+      ? `snapshot: ${t.snapshotDocs} docs`
+      : t.replayProgress != null ? `<progress max="1" value="${t.replayProgress}"></progress>` : '';
+    tr.innerHTML = `<td>${esc(t.topic)}</td><td class="phase">${t.phase}</td>` +
+      `<td class="watermark">${t.watermark}</td><td>${t.head ?? '-'}</td><td>${progress}</td>`;
+    return tr;
+  }));
+}
+
+function esc(s) {
+  return String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
+}
+
+function renderDocs() {
+  const rows = [...docs.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  $('doc-count').textContent = String(rows.length);
+  $('docs').tBodies[0].replaceChildren(...rows.map(([key, d]) => {
+    const tr = document.createElement('tr');
+    tr.dataset.key = key;
+    tr.dataset.version = String(d.version);
+    tr.innerHTML = `<td>${esc(key)}</td><td>${d.version}</td><td>${d.watermark}</td>` +
+      `<td class="value">${esc(JSON.stringify(d.value))}</td>`;
+    return tr;
+  }));
+  $('metrics').textContent = JSON.stringify(client.metrics());
+}
+
+async function reload() {
+  docs.clear();
+  for (const d of await client.list(shown)) docs.set(d.key, d);
+  renderDocs();
+}
+
+const client = await KhalaSync.open({
+  baseUrl: location.origin,
+  topics,
+  credentials: async () => ({ Authorization: `Bearer ${appToken}` }),
+  dbName: params.get('db') ?? 'khala-web-shell',
+  persist: params.get('persist') !== '0',
+});
+$('store').textContent = client.persistent ? 'IndexedDB' : 'memory';
+$('doc-topic').textContent = shown;
+client.onStatus(renderStatus);
+await reload(); // what a previous session persisted is visible before any network
+window.khala = { client, docs, changes: 0 };
+const changes = client.changes(shown);
+client.start();
+for await (const c of changes) {
+  window.khala.changes += 1;
+  $('last-change').textContent = `${c.type} ${c.key ?? ''} @${c.watermark}`;
+  if (c.type === 'upsert') docs.set(c.key, c);
+  else if (c.type === 'delete') docs.delete(c.key);
+  else if (c.type === 'bootstrapped') { await reload(); continue; }
+  renderDocs();
+}
