@@ -11,6 +11,8 @@ pub struct Backoff {
     base: Duration,
     cap: Duration,
     attempt: u32,
+    /// Smallest window until the next reset (spreads clients after a server restart).
+    floor: Duration,
 }
 
 impl Backoff {
@@ -20,6 +22,7 @@ impl Backoff {
             base,
             cap: cap.max(base),
             attempt: 0,
+            floor: Duration::ZERO,
         }
     }
 
@@ -34,7 +37,15 @@ impl Backoff {
     /// The current window's upper bound.
     pub fn ceiling(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
+        self.base
+            .saturating_mul(factor)
+            .min(self.cap)
+            .max(self.floor)
+    }
+
+    /// Until the next [`Backoff::reset`], no window is smaller than `floor`.
+    pub fn raise_floor(&mut self, floor: Duration) {
+        self.floor = self.floor.max(floor);
     }
 
     /// Consecutive failures so far.
@@ -45,6 +56,7 @@ impl Backoff {
     /// Back to the first window (after a stable connection).
     pub fn reset(&mut self) {
         self.attempt = 0;
+        self.floor = Duration::ZERO;
     }
 }
 

@@ -21,6 +21,11 @@ pub struct EngineConfig {
     pub backoff_cap: Duration,
     /// A connection that stayed joined this long resets the backoff. Default 10 s.
     pub stable_after: Duration,
+    /// The first reconnect after losing an established (joined) connection waits a uniformly
+    /// random time in `0..=reconnect_spread`, so that when a server restarts, its clients come
+    /// back spread over this window instead of in lock-step. Later attempts use the full-jitter
+    /// exponential backoff; a network change reconnects at once. Default 5 s.
+    pub reconnect_spread: Duration,
     /// Client `sync:heartbeat` period. Default 20 s.
     pub heartbeat_interval: Duration,
     /// Silence after which the connection is considered dead. Default 45 s.
@@ -46,6 +51,7 @@ impl EngineConfig {
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
             stable_after: Duration::from_secs(10),
+            reconnect_spread: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(20),
             dead_after: Duration::from_secs(45),
             max_missed_heartbeats: 2,

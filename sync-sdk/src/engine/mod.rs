@@ -545,6 +545,14 @@ impl Engine {
         if c.was_stable(self.now, self.cfg.stable_after) {
             self.reconnect_backoff.reset();
         }
+        // Losing an established connection is what a server restart does to every client at
+        // once: spread the return over `reconnect_spread` (see EngineConfig), and keep every
+        // retry window at least that wide until a connection is stable again, so the clients
+        // whose first try came too early do not bunch up right after the server is back.
+        if c.joined_at.is_some() {
+            self.reconnect_backoff
+                .raise_floor(self.cfg.reconnect_spread);
+        }
         let jitter = self.reconnect_backoff.next_delay(&mut self.rng);
         let delay = match floor {
             // slow_consumer: at least the server's delay, plus jitter so evicted clients

@@ -1177,8 +1177,10 @@ fn client_heartbeats_every_20s_and_two_missed_replies_reconnect() {
     assert_eq!(kinds(&s.advance(1)), ["Close#1"]);
     assert_eq!(s.now.0 - joined, 80_000);
     assert_eq!(s.state(), ConnectionState::Backoff);
-    assert!(s.due_in().unwrap() <= 250);
-    assert_eq!(kinds(&s.advance(250)), ["Connect#2"]);
+    // The first retry after an established connection is spread over `reconnect_spread`.
+    let due = s.due_in().unwrap();
+    assert!(due <= 5_000, "{due}");
+    assert_eq!(kinds(&s.advance(due)), ["Connect#2"]);
 }
 
 #[test]
@@ -1237,7 +1239,10 @@ fn reconnect_backoff_is_full_jitter_and_resets_after_a_stable_connection() {
             kinds(&s.handle(Event::Disconnected(ConnId(11), "reset".into()))),
             ["Close#11"]
         );
-        assert!(s.due_in().unwrap() <= base);
+        assert!(
+            s.due_in().unwrap() <= 5_000,
+            "first retry after a stable connection is spread over reconnect_spread"
+        );
         assert_eq!(s.m().reconnects, 10);
     }
     // Full jitter: the delays spread over the whole window [0, ceiling], not near its top.
@@ -1260,7 +1265,9 @@ fn a_connection_dropping_before_stable_after_keeps_growing_the_backoff() {
     s.advance(5_000);
     s.handle(Event::Disconnected(ConnId(4), "reset".into()));
     assert_eq!(s.e.reconnect_backoff.attempt(), 4);
-    assert!(s.due_in().unwrap() <= 2_000);
+    // Window: max(base << 3 = 2 s, reconnect_spread = 5 s) after losing a joined connection.
+    assert_eq!(s.e.reconnect_backoff.ceiling(), Duration::from_secs(5));
+    assert!(s.due_in().unwrap() <= 5_000);
 }
 
 #[test]
@@ -1798,4 +1805,81 @@ fn gap_inside_the_replay_is_healed_after_the_subscribe_reply() {
     assert_eq!(s.phase(A), TopicPhase::Live);
     assert_eq!(s.wm(A), 14);
     assert_eq!(s.m().gaps, 1);
+}
+
+/// Largest share of `times` (ms) inside any 100 ms window.
+fn max_share_in_100ms(times: &mut [u64]) -> f64 {
+    times.sort_unstable();
+    let mut best = 0usize;
+    let mut lo = 0usize;
+    for hi in 0..times.len() {
+        while times[hi] - times[lo] >= 100 {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best as f64 / times.len().max(1) as f64
+}
+
+/// Reconnect storm on a simulated clock: 1,000 engines (each with its own seed, as every
+/// device has its own RNG) hold a stable connection when the server restarts and stays
+/// unreachable for 2 s. Their reconnect attempts must not come back in lock-step, and each
+/// engine's backoff resets once its new connection is stable.
+#[test]
+fn figures_reconnect_storm_1000_engines_spread_by_jitter() {
+    const ENGINES: u64 = 1_000;
+    const DOWN_MS: u64 = 2_000;
+    let mut attempts = Vec::new();
+    let mut reconnects = Vec::new();
+    for n in 0..ENGINES {
+        let mut c = cfg(&[A]);
+        c.seed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5eed;
+        let mut s = Sim::with_cfg(c);
+        s.start_with(&[(A, 10)]);
+        s.join(ConnId(1));
+        s.advance(15_000);
+        assert_eq!(s.e.reconnect_backoff.attempt(), 0);
+        let t0 = s.now.0;
+        let acts = s.handle(Event::Disconnected(ConnId(1), "server restart".into()));
+        assert_eq!(kinds(&acts), ["Close#1"]);
+        let mut id = 2;
+        loop {
+            let wait = s.due_in().unwrap();
+            let acts = s.advance(wait);
+            assert_eq!(kinds(&acts), [format!("Connect#{id}")]);
+            let at = s.now.0 - t0;
+            attempts.push(at);
+            if at < DOWN_MS {
+                s.handle(Event::ConnectFailed(
+                    ConnId(id),
+                    HttpFailure::Transport("connection refused".into()),
+                ));
+                id += 1;
+                continue;
+            }
+            reconnects.push(at);
+            s.join(ConnId(id));
+            break;
+        }
+        assert!(s.e.reconnect_backoff.attempt() > 0);
+        s.advance(10_000);
+        assert_eq!(
+            s.e.reconnect_backoff.attempt(),
+            0,
+            "backoff resets after a stable connection"
+        );
+    }
+    let span = reconnects.iter().max().unwrap() - reconnects.iter().min().unwrap();
+    let share_attempts = max_share_in_100ms(&mut attempts);
+    let share_reconnects = max_share_in_100ms(&mut reconnects);
+    eprintln!(
+        "storm-sim engines={ENGINES} server_down_ms={DOWN_MS} attempts={} max_share_of_attempts_in_100ms={:.2}% reconnects={} max_share_of_reconnects_in_100ms={:.2}% reconnect_span_ms={span} backoff_reset_after_stable=yes",
+        attempts.len(),
+        share_attempts * 100.0,
+        reconnects.len(),
+        share_reconnects * 100.0
+    );
+    assert_eq!(reconnects.len() as u64, ENGINES);
+    assert!(share_reconnects < 0.05, "{share_reconnects}");
+    assert!(share_attempts < 0.05, "{share_attempts}");
 }

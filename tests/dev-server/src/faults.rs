@@ -62,6 +62,16 @@ pub struct Faults {
     /// Send every batch and error push a second time as `sync:frame`.
     #[serde(default)]
     pub legacy_sync_frame: Option<bool>,
+    /// Hold the next `sync:update_batch` (of any socket) and send it after that socket's next
+    /// frame: the client sees two batches out of order.
+    #[serde(default)]
+    pub reorder_next_batch: Option<bool>,
+    /// The token route mints tokens whose signature is tampered with (rejected at upgrade).
+    #[serde(default)]
+    pub tamper_tokens: Option<bool>,
+    /// The token route mints tokens that are already expired (rejected at upgrade).
+    #[serde(default)]
+    pub expired_tokens: Option<bool>,
 }
 
 /// The persistent switches as they are now (`GET /dev/faults`).
@@ -87,6 +97,12 @@ pub struct ActiveFaults {
     pub token_unavailable: bool,
     /// `sync:frame` twins.
     pub legacy_sync_frame: bool,
+    /// Next batch is held and sent after the following frame.
+    pub reorder_next_batch: bool,
+    /// Minted tokens are tampered.
+    pub tamper_tokens: bool,
+    /// Minted tokens are expired.
+    pub expired_tokens: bool,
 }
 
 /// Hot switches read by every socket, lock-free.
@@ -101,6 +117,9 @@ pub(crate) struct FaultFlags {
     pub(crate) snapshot_expired: AtomicBool,
     pub(crate) token_unavailable: AtomicBool,
     pub(crate) legacy_sync_frame: AtomicBool,
+    pub(crate) reorder_next_batch: AtomicBool,
+    pub(crate) tamper_tokens: AtomicBool,
+    pub(crate) expired_tokens: AtomicBool,
 }
 
 /// What the writer does with the next frame under `drop_after_frames`.
@@ -121,6 +140,9 @@ impl Default for FaultFlags {
             snapshot_expired: AtomicBool::new(false),
             token_unavailable: AtomicBool::new(false),
             legacy_sync_frame: AtomicBool::new(false),
+            reorder_next_batch: AtomicBool::new(false),
+            tamper_tokens: AtomicBool::new(false),
+            expired_tokens: AtomicBool::new(false),
         }
     }
 }
@@ -162,6 +184,9 @@ impl FaultFlags {
             &self.snapshot_expired,
             &self.token_unavailable,
             &self.legacy_sync_frame,
+            &self.reorder_next_batch,
+            &self.tamper_tokens,
+            &self.expired_tokens,
         ] {
             f.store(false, Ordering::SeqCst);
         }
@@ -183,6 +208,9 @@ impl FaultFlags {
             (f.snapshot_expired, &self.snapshot_expired),
             (f.token_unavailable, &self.token_unavailable),
             (f.legacy_sync_frame, &self.legacy_sync_frame),
+            (f.reorder_next_batch, &self.reorder_next_batch),
+            (f.tamper_tokens, &self.tamper_tokens),
+            (f.expired_tokens, &self.expired_tokens),
         ];
         for (value, flag) in pairs {
             if let Some(v) = value {
@@ -207,6 +235,9 @@ impl FaultFlags {
             snapshot_expired: Self::get(&self.snapshot_expired),
             token_unavailable: Self::get(&self.token_unavailable),
             legacy_sync_frame: Self::get(&self.legacy_sync_frame),
+            reorder_next_batch: Self::get(&self.reorder_next_batch),
+            tamper_tokens: Self::get(&self.tamper_tokens),
+            expired_tokens: Self::get(&self.expired_tokens),
         }
     }
 }

@@ -173,7 +173,11 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         ));
     }
     let device_id = req.device_id.unwrap_or_else(|| "device:unspecified".into());
-    let now = now_unix();
+    let mut now = now_unix();
+    if crate::faults::FaultFlags::get(&shared.faults.expired_tokens) {
+        // Issued long enough ago that it expired before it was minted (skew included).
+        now -= ttl + cfg.clock_skew_seconds.abs() + 60;
+    }
     let claims = make_claims(
         &shared,
         &principal.subject,
@@ -184,7 +188,10 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         now,
         ttl,
     );
-    let token = jwt::sign(cfg.jwt_secret.as_bytes(), &claims);
+    let mut token = jwt::sign(cfg.jwt_secret.as_bytes(), &claims);
+    if crate::faults::FaultFlags::get(&shared.faults.tamper_tokens) {
+        token = jwt::tamper(&token);
+    }
     Counters::inc(&shared.counters.tokens_minted);
     let granted: Vec<Value> = claims
         .oa_sync_topics

@@ -82,6 +82,21 @@ pub fn sign(secret: &[u8], claims: &SyncClaims) -> String {
     format!("{signing_input}.{sig}")
 }
 
+/// The same token with its first signature character flipped: a well-formed JWT whose
+/// signature no longer verifies.
+pub fn tamper(token: &str) -> String {
+    match token.rsplit_once('.') {
+        Some((head, sig)) => {
+            let mut chars: Vec<char> = sig.chars().collect();
+            if let Some(c) = chars.first_mut() {
+                *c = if *c == 'A' { 'B' } else { 'A' };
+            }
+            format!("{head}.{}", chars.into_iter().collect::<String>())
+        }
+        None => token.to_owned(),
+    }
+}
+
 #[derive(Deserialize)]
 struct Header {
     alg: String,

@@ -24,6 +24,9 @@ pub(crate) struct Counters {
     pub(crate) heartbeats_received: AtomicU64,
     pub(crate) reauth_pushes: AtomicU64,
     pub(crate) publishes: AtomicU64,
+    /// When each WebSocket upgrade was accepted (the newest 100k): what a reconnect storm
+    /// looks like from the server.
+    pub(crate) upgrade_times: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 impl Counters {
@@ -33,6 +36,15 @@ impl Counters {
 
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_upgrade(&self) {
+        if let Ok(mut q) = self.upgrade_times.lock() {
+            if q.len() >= 100_000 {
+                q.pop_front();
+            }
+            q.push_back(std::time::Instant::now());
+        }
     }
 
     pub(crate) fn get(c: &AtomicU64) -> u64 {

@@ -293,6 +293,16 @@ impl DevServer {
         self.shared().metrics(usize::MAX)
     }
 
+    /// When each WebSocket upgrade was accepted (the newest 100,000), oldest first.
+    pub fn upgrade_times(&self) -> Vec<std::time::Instant> {
+        self.shared()
+            .counters
+            .upgrade_times
+            .lock()
+            .map(|q| q.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Closes every socket abruptly (no close frame), keeping the logs.
     pub fn restart_connections(&self) {
         self.shared().restart_tx.send_modify(|v| *v += 1);
@@ -407,14 +417,7 @@ impl DevServer {
         );
         let token = jwt::sign(self.config().jwt_secret.as_bytes(), &claims);
         if spec.tampered {
-            // Flip the first signature character to another base64url character.
-            if let Some((head, sig)) = token.rsplit_once('.') {
-                let mut chars: Vec<char> = sig.chars().collect();
-                if let Some(c) = chars.first_mut() {
-                    *c = if *c == 'A' { 'B' } else { 'A' };
-                }
-                return format!("{head}.{}", chars.into_iter().collect::<String>());
-            }
+            return jwt::tamper(&token);
         }
         token
     }

@@ -77,6 +77,7 @@ pub(crate) async fn ws_handler(
         None
     };
     Counters::inc(&shared.counters.connections_accepted);
+    shared.counters.record_upgrade();
     upgrade.on_upgrade(move |socket| run_socket(shared, socket, claims, compat))
 }
 
@@ -143,6 +144,8 @@ async fn write_loop(
 ) {
     let faults = &shared.faults;
     let counters = &shared.counters;
+    // `reorder_next_batch`: a held batch goes out right after the socket's next frame.
+    let mut held: Option<(String, usize)> = None;
     loop {
         let out = tokio::select! {
             biased;
@@ -165,6 +168,13 @@ async fn write_loop(
                 legacy,
                 updates,
             } => {
+                if updates > 0
+                    && held.is_none()
+                    && faults.reorder_next_batch.swap(false, Ordering::SeqCst)
+                {
+                    held = Some((text, updates));
+                    continue;
+                }
                 let copies =
                     if updates > 0 && faults.duplicate_next_batch.swap(false, Ordering::SeqCst) {
                         2
@@ -189,6 +199,14 @@ async fn write_loop(
                             Counters::add(&counters.updates_sent, updates as u64);
                         }
                     }
+                }
+                if let Some((text, updates)) = held.take() {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                    Counters::inc(&counters.frames_sent);
+                    Counters::inc(&counters.batches_sent);
+                    Counters::add(&counters.updates_sent, updates as u64);
                 }
             }
         }

@@ -33,6 +33,7 @@ pub fn fast_options() -> ClientOptions {
     ClientOptions {
         backoff_base: Duration::from_millis(50),
         backoff_cap: Duration::from_millis(500),
+        reconnect_spread: Duration::from_millis(100),
         jitter_seed: Some(7),
         ..ClientOptions::default()
     }

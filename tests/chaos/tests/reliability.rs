@@ -1,0 +1,61 @@
+//! CI forms of the reliability suites. Each prints its figure line (shown in the test
+//! command's output through the nextest `figures_` override) and asserts on it. The seed
+//! comes from `KHALA_CHAOS_SEED` when set (replay a failure), else a fixed default.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use khala_chaos::{chaos, crash, storm};
+
+fn seed() -> u64 {
+    std::env::var("KHALA_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_123)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_chaos_100k_events_under_faults_converge_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = chaos::ChaosConfig::ci(seed(), dir.path().join("chaos.db"));
+    let report = chaos::run(cfg).await;
+    eprintln!("{}", report.line());
+    assert!(report.events >= 100_000);
+    assert_eq!(report.lost, 0, "lost documents: {:?}", report.diffs);
+    assert_eq!(report.extra, 0, "extra documents: {:?}", report.diffs);
+    assert_eq!(report.duplicated, 0, "changes delivered twice");
+    let injected: u64 = report.faults.values().sum();
+    assert!(
+        injected >= 20,
+        "too few faults injected: {:?}",
+        report.faults
+    );
+    assert!(report.metrics.reconnects > 0 && report.metrics.snapshots > 0);
+    assert!(report.changes_seen > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_crash_kill_9_thirty_times_keeps_the_file_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = crash::run(crash::CrashConfig {
+        seed: seed(),
+        kills: 30,
+        seed_docs: 3_000,
+        rate: 2_000,
+        child: env!("CARGO_BIN_EXE_khala-chaos-child").into(),
+        db_path: dir.path().join("crash.db"),
+        child_env: Vec::new(),
+    })
+    .await;
+    eprintln!("{}", report.line());
+    assert_eq!(report.kills, 30);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert!(report.server_snapshots > 1, "no snapshot was interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_storm_real_sockets_reconnects_are_spread() {
+    let report = storm::run(seed(), 1_000).await;
+    eprintln!("{}", report.line());
+    assert_eq!(report.reconnected, 1_000);
+    assert!(report.max_share_100ms < 0.05, "{}", report.line());
+}
