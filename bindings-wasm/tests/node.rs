@@ -1,0 +1,227 @@
+//! wasm-bindgen-test unit tests under Node: option validation and typed errors, the
+//! in-memory store default, and one sync round trip against the real dev server (its URL comes
+//! from `KHALA_TEST_SERVER`, set by `scripts/test.sh`; Node 20 needs
+//! `NODE_OPTIONS=--experimental-websocket`).
+#![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used)]
+
+use js_sys::{Array, Function, Object, Promise, Reflect};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::wasm_bindgen_test;
+
+use khala_sync_wasm::WasmClient;
+
+const TOPIC: &str = "runtime.run_summaries";
+
+fn set(o: &Object, k: &str, v: impl Into<JsValue>) {
+    Reflect::set(o, &k.into(), &v.into()).unwrap();
+}
+
+fn get(o: &JsValue, k: &str) -> JsValue {
+    Reflect::get(o, &k.into()).unwrap()
+}
+
+fn options(base: &str, topics: &[&str]) -> Object {
+    let o = Object::new();
+    set(&o, "baseUrl", base);
+    let t = Array::new();
+    for x in topics {
+        t.push(&(*x).into());
+    }
+    set(&o, "topics", t);
+    set(
+        &o,
+        "credentials",
+        Function::new_no_args("return Promise.resolve({ Authorization: 'Bearer dev-app-token' })"),
+    );
+    o
+}
+
+async fn open_err(o: &Object) -> JsValue {
+    match WasmClient::open(o.into()).await {
+        Ok(_) => panic!("open succeeded"),
+        Err(e) => e,
+    }
+}
+
+fn assert_code(e: &JsValue, code: &str) {
+    assert!(
+        e.is_instance_of::<js_sys::Error>(),
+        "an Error object: {e:?}"
+    );
+    assert_eq!(get(e, "code").as_string().as_deref(), Some(code), "{e:?}");
+    assert_eq!(
+        get(e, "name").as_string().as_deref(),
+        Some("KhalaSyncError")
+    );
+    assert!(get(e, "retryable").as_bool().is_some());
+}
+
+#[wasm_bindgen_test]
+async fn bad_options_are_invalid_config_errors() {
+    let base = "http://127.0.0.1:9";
+    let mut cases: Vec<(&str, Object)> = vec![
+        ("remote http", options("http://sync.example.com", &[TOPIC])),
+        ("bad scheme", options("ftp://127.0.0.1", &[TOPIC])),
+        ("not a URL", options("::::", &[TOPIC])),
+        ("no topics", options(base, &[])),
+        ("duplicate topic", options(base, &[TOPIC, TOPIC])),
+        ("empty topic", options(base, &[""])),
+    ];
+    let o = options(base, &[TOPIC]);
+    Reflect::delete_property(&o, &"credentials".into()).unwrap();
+    cases.push(("no credentials", o));
+    let o = options(base, &[TOPIC]);
+    set(&o, "credentials", "Bearer x");
+    cases.push(("credentials not a function", o));
+    let o = options(base, &[TOPIC]);
+    set(&o, "replayBatchSize", 1.5);
+    cases.push(("fractional number", o));
+    let o = options(base, &[TOPIC]);
+    set(&o, "persist", "yes");
+    cases.push(("persist not a bool", o));
+    let o = options(base, &[TOPIC]);
+    set(&o, "topics", "runtime.run_summaries");
+    cases.push(("topics not an array", o));
+    let o = options(base, &[TOPIC]);
+    set(&o, "persist", true);
+    cases.push(("persist without IndexedDB (Node)", o));
+    for (name, o) in cases {
+        let e = open_err(&o).await;
+        assert_eq!(
+            get(&e, "code").as_string().as_deref(),
+            Some("invalid_config"),
+            "{name}: {e:?}"
+        );
+        assert_code(&e, "invalid_config");
+    }
+    // Not even an object.
+    assert_code(
+        &WasmClient::open(JsValue::from_f64(3.0))
+            .await
+            .err()
+            .unwrap(),
+        "invalid_config",
+    );
+}
+
+#[wasm_bindgen_test]
+async fn node_defaults_to_the_memory_store_and_reads_work_before_start() {
+    let c = WasmClient::open(options("http://127.0.0.1:9", &[TOPIC]).into())
+        .await
+        .unwrap();
+    assert!(!c.persistent());
+    assert_eq!(c.topics(), vec![TOPIC.to_owned()]);
+    let list = c.list(TOPIC.into()).await.unwrap();
+    assert_eq!(Array::from(&list).length(), 0);
+    assert!(c.get(TOPIC.into(), "k".into()).await.unwrap().is_null());
+    let status = c.status();
+    assert_eq!(get(&status, "state").as_string().as_deref(), Some("idle"));
+    assert_eq!(get(&status, "live").as_bool(), Some(false));
+    // Typed errors for bad arguments, not panics.
+    assert_code(
+        &c.subscribe_changes("other.topic").err().unwrap(),
+        "invalid_config",
+    );
+    assert_code(
+        &c.get(String::new(), "k".into()).await.err().unwrap(),
+        "invalid_config",
+    );
+    c.close().await.unwrap();
+    assert_code(&c.start().err().unwrap(), "shutdown");
+}
+
+fn server_url() -> String {
+    let process = get(&js_sys::global(), "process");
+    let env = get(&process, "env");
+    get(&env, "KHALA_TEST_SERVER")
+        .as_string()
+        .expect("KHALA_TEST_SERVER must point at a running khala-dev-server")
+}
+
+async fn post_json(url: &str, body: &str) -> JsValue {
+    let init = Object::new();
+    set(&init, "method", "POST");
+    set(&init, "body", body);
+    let headers = Object::new();
+    set(&headers, "content-type", "application/json");
+    set(&init, "headers", headers);
+    let fetch: Function = get(&js_sys::global(), "fetch").unchecked_into();
+    let resp = JsFuture::from(Promise::from(
+        fetch
+            .call2(&JsValue::UNDEFINED, &url.into(), &init)
+            .unwrap(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(get(&resp, "status").as_f64(), Some(200.0));
+    let json: Function = get(&resp, "json").unchecked_into();
+    JsFuture::from(Promise::from(json.call0(&resp).unwrap()))
+        .await
+        .unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn syncs_with_the_dev_server_in_node() {
+    let base = server_url();
+    let c = WasmClient::open(options(&base, &[TOPIC]).into())
+        .await
+        .unwrap();
+    let statuses = Array::new();
+    let s2 = statuses.clone();
+    let listener = wasm_bindgen::closure::Closure::<dyn FnMut(JsValue)>::new(move |s: JsValue| {
+        s2.push(&get(&s, "state"));
+    });
+    let id = c.on_status(listener.as_ref().unchecked_ref::<Function>().clone());
+    let sub = c.subscribe_changes(TOPIC).unwrap();
+    c.start().unwrap();
+    // Bootstrap: the first change is the snapshot swap.
+    let first = JsFuture::from(sub.next()).await.unwrap();
+    assert_eq!(
+        get(&first, "type").as_string().as_deref(),
+        Some("bootstrapped")
+    );
+    // Wait until live, then publish and receive the upsert.
+    let mut live = false;
+    for _ in 0..200 {
+        if get(&c.status(), "live").as_bool() == Some(true) {
+            live = true;
+            break;
+        }
+        JsFuture::from(Promise::new(&mut |res, _| {
+            let set_timeout: Function = get(&js_sys::global(), "setTimeout").unchecked_into();
+            set_timeout
+                .call2(&JsValue::UNDEFINED, &res, &JsValue::from_f64(25.0))
+                .unwrap();
+        }))
+        .await
+        .unwrap();
+    }
+    assert!(live, "never became live: {:?}", c.status());
+    let key = format!("runtime/run_summary:node-{}", js_sys::Date::now());
+    let body = format!(
+        r#"{{"topic":"{TOPIC}","doc_key":"{key}","payload":{{"status":"running","n":1}}}}"#
+    );
+    post_json(&format!("{base}/dev/publish"), &body).await;
+    let change = loop {
+        let c = JsFuture::from(sub.next()).await.unwrap();
+        if get(&c, "key").as_string().as_deref() == Some(key.as_str()) {
+            break c;
+        }
+    };
+    assert_eq!(get(&change, "type").as_string().as_deref(), Some("upsert"));
+    assert_eq!(get(&get(&change, "value"), "n").as_f64(), Some(1.0));
+    let doc = c.get(TOPIC.into(), key.clone()).await.unwrap();
+    assert_eq!(get(&doc, "version").as_f64(), Some(1.0));
+    let m = c.metrics();
+    assert_eq!(get(&m, "snapshots").as_f64(), Some(1.0));
+    assert!(get(&m, "updatesApplied").as_f64().unwrap() >= 1.0);
+    c.off_status(id);
+    c.close().await.unwrap();
+    // Closing ends the iterator.
+    assert!(JsFuture::from(sub.next()).await.unwrap().is_undefined());
+    let seen: Vec<String> = statuses.iter().filter_map(|s| s.as_string()).collect();
+    assert!(seen.contains(&"connected".to_owned()), "{seen:?}");
+    assert_eq!(seen.first().map(String::as_str), Some("idle"));
+}
