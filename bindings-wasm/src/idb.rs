@@ -25,6 +25,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use futures::future::{join_all, LocalBoxFuture};
 use rexie::{KeyRange, ObjectStore, Rexie, Transaction, TransactionMode};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
@@ -197,42 +198,62 @@ async fn topic_rec(store: &rexie::Store, topic: &Topic) -> Result<Option<TopicRe
     }
 }
 
-/// Writes `w` under `key` following the never-regress rule (see `MemoryStore::write_doc`):
-/// returns false when the stored document was kept.
-async fn write_doc(
+/// Writes `writes` (in order, `keys[i]` for `writes[i]`) following the never-regress rule
+/// (see `MemoryStore::write_doc`); returns for each write whether it was applied (false = the
+/// stored document was kept). All reads are issued together, then all writes, without a
+/// round trip through the event loop per document; IndexedDB runs the requests of one
+/// transaction in issue order.
+async fn write_docs(
     store: &rexie::Store,
-    key: JsValue,
-    w: &DocWrite,
+    keys: Vec<JsValue>,
+    writes: &[DocWrite],
     replace_equal: bool,
-) -> Result<bool, StoreError> {
-    let current = match store.get(key.clone()).await.map_err(err)? {
-        Some(v) => Some(from_value::<DocRec>(&v, "doc")?.v),
-        None => None,
-    };
-    match &w.payload {
-        Some(p) => {
-            let newer = match current {
-                None => true,
-                Some(v) if replace_equal => w.doc_version >= v,
-                Some(v) => w.doc_version > v,
-            };
-            if newer {
-                store
-                    .put(&to_value(&rec_of(w, p))?, Some(&key))
-                    .await
-                    .map_err(err)?;
-            }
-            Ok(newer)
-        }
-        None => match current {
-            Some(v) if v > w.doc_version => Ok(false),
-            Some(_) => {
-                store.delete(key).await.map_err(err)?;
-                Ok(true)
-            }
-            None => Ok(true),
-        },
+) -> Result<Vec<bool>, StoreError> {
+    let reads = join_all(keys.iter().map(|k| store.get(k.clone()))).await;
+    let mut current: HashMap<&str, Option<u64>> = HashMap::with_capacity(writes.len());
+    for (w, r) in writes.iter().zip(reads) {
+        let v = match r.map_err(err)? {
+            Some(v) => Some(from_value::<DocRec>(&v, "doc")?.v),
+            None => None,
+        };
+        // A key written twice in one batch: the first read is the stored state.
+        current.entry(w.doc_key.as_str()).or_insert(v);
     }
+    let mut applied = Vec::with_capacity(writes.len());
+    let mut ops: Vec<LocalBoxFuture<'_, Result<(), rexie::Error>>> = Vec::new();
+    for (w, key) in writes.iter().zip(keys) {
+        let slot = current.entry(w.doc_key.as_str()).or_insert(None);
+        match &w.payload {
+            Some(p) => {
+                let newer = match *slot {
+                    None => true,
+                    Some(v) if replace_equal => w.doc_version >= v,
+                    Some(v) => w.doc_version > v,
+                };
+                if newer {
+                    *slot = Some(w.doc_version);
+                    let value = to_value(&rec_of(w, p))?;
+                    ops.push(Box::pin(async move {
+                        store.put(&value, Some(&key)).await.map(|_| ())
+                    }));
+                }
+                applied.push(newer);
+            }
+            None => match *slot {
+                Some(v) if v > w.doc_version => applied.push(false),
+                Some(_) => {
+                    *slot = None;
+                    ops.push(Box::pin(store.delete(key)));
+                    applied.push(true);
+                }
+                None => applied.push(true),
+            },
+        }
+    }
+    for r in join_all(ops).await {
+        r.map_err(err)?;
+    }
+    Ok(applied)
 }
 
 impl IdbStore {
@@ -365,13 +386,18 @@ impl IdbStore {
                     found: Watermark(rec.w),
                 });
             }
-            let mut kept_local = Vec::new();
-            for (i, w) in batch.writes.iter().enumerate() {
-                let key = key2(&batch.topic, w.doc_key.as_str());
-                if !write_doc(&docs, key, w, false).await? {
-                    kept_local.push(i);
-                }
-            }
+            let keys = batch
+                .writes
+                .iter()
+                .map(|w| key2(&batch.topic, w.doc_key.as_str()))
+                .collect();
+            let kept_local = write_docs(&docs, keys, &batch.writes, false)
+                .await?
+                .into_iter()
+                .enumerate()
+                .filter(|(_, applied)| !applied)
+                .map(|(i, _)| i)
+                .collect();
             rec.w = batch.new_watermark.0;
             topics
                 .put(&to_value(&rec)?, Some(&batch.topic.as_str().into()))
@@ -438,10 +464,11 @@ impl IdbStore {
         let r = async {
             Self::current_gen(&tx.store(TOPICS).map_err(err)?, &topic, generation).await?;
             let staged = tx.store(STAGED).map_err(err)?;
-            for w in &docs {
-                let key = key3(&topic, generation.0, w.doc_key.as_str());
-                write_doc(&staged, key, w, true).await?;
-            }
+            let keys = docs
+                .iter()
+                .map(|w| key3(&topic, generation.0, w.doc_key.as_str()))
+                .collect();
+            write_docs(&staged, keys, &docs, true).await?;
             Ok(())
         }
         .await;
