@@ -148,6 +148,17 @@ impl Engine {
             Event::ConnectFailed(id, f) => self.on_connect_failed(id, f),
             Event::Frame(id, text) => self.on_frame(id, &text),
             Event::Disconnected(id, reason) => self.on_disconnected(id, reason),
+            Event::FrameTooLarge { conn, size, limit } => {
+                self.on_disconnected(conn, "inbound frame too large".into());
+                self.metrics.decode_errors += 1;
+                self.last_error = Some(SyncError::Protocol(
+                    crate::protocol::ProtocolError::TooLarge {
+                        context: "socket frame",
+                        size,
+                        limit,
+                    },
+                ));
+            }
             Event::Applied(t, r) => self.on_applied(&t, r),
             Event::SnapshotBegun(t, r) => self.on_snapshot_begun(&t, r),
             Event::SnapshotPageFetched(t, r) => self.on_snapshot_page(&t, r),
@@ -361,6 +372,22 @@ impl Engine {
         if self.token_inflight || self.life != Life::Running {
             return;
         }
+        if self.auth_refusals >= 2 {
+            // Fresh tokens keep being refused (tampered in transit, server clock, revoked
+            // key…): mint no faster than the token backoff allows.
+            if self.token_retry_at.is_none() {
+                let delay = self.token_backoff.next_delay(&mut self.rng);
+                self.token_retry_at = Some(self.now.after(delay));
+            }
+            return;
+        }
+        self.fetch_token_now();
+    }
+
+    fn fetch_token_now(&mut self) {
+        if self.token_inflight || self.life != Life::Running {
+            return;
+        }
         self.token_inflight = true;
         self.token_retry_at = None;
         self.actions.push_back(Action::FetchToken);
@@ -374,7 +401,9 @@ impl Engine {
         match r {
             Ok(grant) => {
                 self.metrics.tokens_fetched += 1;
-                self.token_backoff.reset();
+                if self.auth_refusals == 0 {
+                    self.token_backoff.reset();
+                }
                 let expires_at = self.now.after(Duration::from_secs(grant.expires_in));
                 let refresh_at = self
                     .now
@@ -640,7 +669,7 @@ impl Engine {
         }
         if self.token_retry_at.is_some_and(|t| t <= now) {
             self.token_retry_at = None;
-            self.request_token();
+            self.fetch_token_now();
         }
         if self.token.as_ref().is_some_and(|t| t.refresh_at <= now) && !self.token_inflight {
             if let Some(t) = &mut self.token {
@@ -765,6 +794,7 @@ impl Engine {
                     c.joined_at = Some(now);
                     c.next_hb_at = now.after(hb_interval);
                     self.auth_refusals = 0;
+                    self.token_backoff.reset();
                     if self.next_conn.as_ref().is_some_and(|n| n.id == id) {
                         // Handover complete: retire the old socket, move every topic over.
                         if let Some(old) = self.conn.take() {
@@ -1199,9 +1229,24 @@ impl Engine {
                         self.last_error = Some(err);
                     }
                     Some(401) => {
-                        self.topics[i].snapshot = None;
-                        self.token = None;
-                        self.request_token();
+                        // Like a refused socket upgrade: one fresh token, then surface the
+                        // refusal and back off (a token the routes keep refusing must not
+                        // turn into a mint-and-retry loop).
+                        self.auth_refusals += 1;
+                        let err = SyncError::Auth {
+                            status: 401,
+                            code: None,
+                            message: "the snapshot route refused the token".into(),
+                        };
+                        if self.auth_refusals < 2 {
+                            self.topics[i].snapshot = None;
+                            self.last_error = Some(err);
+                            self.token = None;
+                            self.request_token();
+                        } else {
+                            self.token = None;
+                            self.snapshot_failed(i, err);
+                        }
                     }
                     Some(410) => {
                         // The pinned snapshot expired: start over (with backoff).
@@ -1226,6 +1271,9 @@ impl Engine {
                 return;
             }
             snap.pinned = Some(page.snapshot_watermark);
+            // The route accepted the token.
+            self.auth_refusals = 0;
+            self.token_backoff.reset();
             snap.cursor = page.next_cursor.clone();
             snap.docs += page.docs.len() as u64;
             snap.finishing = page.next_cursor.is_none();

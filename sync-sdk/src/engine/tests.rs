@@ -1883,3 +1883,57 @@ fn figures_reconnect_storm_1000_engines_spread_by_jitter() {
     assert!(share_reconnects < 0.05, "{share_reconnects}");
     assert!(share_attempts < 0.05, "{share_attempts}");
 }
+
+/// Regression (found by tests/suite/tests/security.rs against the dev server's
+/// `tamper_tokens` fault): a first run whose snapshot route kept answering 401 minted a new
+/// token and refetched the page at once, ~600 times a second.
+#[test]
+fn snapshot_401_with_fresh_tokens_backs_off_instead_of_minting_in_a_loop() {
+    let mut s = Sim::new(&[A]);
+    let mut pending: Vec<Action> = s.start_with(&[]);
+    let mut fetches = 0u32;
+    let mut pages = 0u32;
+    let mut gen = 0u64;
+    for _ in 0..2_000 {
+        for a in std::mem::take(&mut pending) {
+            let more = match a {
+                Action::FetchToken => {
+                    fetches += 1;
+                    s.token(grant(300, None))
+                }
+                Action::BeginSnapshot(t) => {
+                    gen += 1;
+                    s.handle(Event::SnapshotBegun(t, Ok(SnapshotGen(gen))))
+                }
+                Action::FetchSnapshotPage { topic: t, .. } => {
+                    pages += 1;
+                    s.handle(Event::SnapshotPageFetched(
+                        t,
+                        Err(http_status(401, "unauthorized", None)),
+                    ))
+                }
+                Action::Connect { conn, .. } => s.handle(Event::ConnectFailed(
+                    conn,
+                    HttpFailure::Transport("refused".into()),
+                )),
+                _ => Vec::new(),
+            };
+            pending.extend(more);
+        }
+        if pending.is_empty() {
+            match s.due_in() {
+                Some(d) if s.now.0 + d <= 11_000 => pending = s.advance(d),
+                _ => break,
+            }
+        }
+    }
+    // 10 s of engine time with a 250 ms .. 30 s backoff: a handful, not thousands.
+    assert!(fetches <= 8, "token fetches {fetches}, pages {pages}");
+    assert!(pages <= 8, "token fetches {fetches}, pages {pages}");
+    let statuses: Vec<&String> = s.log.iter().filter(|l| l.contains("Status")).collect();
+    assert!(
+        statuses.iter().any(|l| l.contains("refused the token")),
+        "the refusal is surfaced as a typed auth error ({fetches} fetches, {pages} pages): {:?}",
+        s.log.iter().rev().take(8).collect::<Vec<_>>()
+    );
+}

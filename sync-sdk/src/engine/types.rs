@@ -118,6 +118,16 @@ pub enum Event {
     Frame(ConnId, String),
     /// The connection closed or failed.
     Disconnected(ConnId, String),
+    /// The socket layer refused an inbound frame larger than the configured limit before
+    /// buffering it; the connection is gone.
+    FrameTooLarge {
+        /// The connection.
+        conn: ConnId,
+        /// Declared size of the frame, bytes.
+        size: usize,
+        /// The limit, bytes.
+        limit: usize,
+    },
     /// Result of [`Action::Apply`].
     Applied(Topic, Result<ApplyOutcome, StoreError>),
     /// Result of [`Action::BeginSnapshot`].

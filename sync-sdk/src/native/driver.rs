@@ -26,6 +26,7 @@ pub(crate) enum IoEvent {
     ConnectFailed(ConnId, HttpFailure),
     Frame(ConnId, String),
     Disconnected(ConnId, String),
+    FrameTooLarge(ConnId, usize, usize),
     Engine(Event),
 }
 
@@ -121,6 +122,10 @@ impl Driver {
             }
             IoEvent::ConnectFailed(id, f) => self.feed(Event::ConnectFailed(id, f)),
             IoEvent::Frame(id, text) => self.feed(Event::Frame(id, text)),
+            IoEvent::FrameTooLarge(conn, size, limit) => {
+                self.conns.remove(&conn);
+                self.feed(Event::FrameTooLarge { conn, size, limit });
+            }
             IoEvent::Disconnected(id, reason) => {
                 self.conns.remove(&id);
                 self.feed(Event::Disconnected(id, reason));

@@ -116,6 +116,13 @@ pub(crate) async fn run_connection(
                     break frame.map_or_else(|| "closed by server".to_owned(), |f| format!("closed by server: {} {}", f.code, f.reason));
                 }
                 Some(Ok(_)) => {} // ping/pong handled by tungstenite
+                Some(Err(tungstenite::Error::Capacity(
+                    tungstenite::error::CapacityError::MessageTooLong { size, max_size },
+                ))) => {
+                    // Refused from the frame header, before the payload was buffered.
+                    let _ = events.send(IoEvent::FrameTooLarge(conn, size, max_size)).await;
+                    return;
+                }
                 Some(Err(e)) => break describe(&e),
                 None => break "connection closed".to_owned(),
             },
