@@ -25,7 +25,9 @@ debian_mirror() {
 }
 
 swift_chroot_ok() {
-  [ -f "$SWIFT_ROOT/.khala-ready" ] && [ -x "$SWIFT_ROOT/usr/bin/swift" ]
+  # usr/bin/swift is an absolute symlink (to /usr/libexec/swift/bin/swift): test the link itself.
+  [ -f "$SWIFT_ROOT/.khala-ready" ] && [ -L "$SWIFT_ROOT/usr/bin/swift" ] &&
+    [ -x "$SWIFT_ROOT/usr/libexec/swift/bin/swift" ]
 }
 
 ensure_swift_chroot() {
