@@ -7,7 +7,9 @@
 
 pub mod chaos;
 pub mod crash;
+pub mod memory;
 pub mod proxy;
+pub mod slow_store;
 pub mod storm;
 
 use std::collections::BTreeMap;

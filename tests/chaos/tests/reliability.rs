@@ -59,3 +59,22 @@ async fn figures_storm_real_sockets_reconnects_are_spread() {
     assert_eq!(report.reconnected, 1_000);
     assert!(report.max_share_100ms < 0.05, "{}", report.line());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_memory_slow_store_keeps_inbound_buffering_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    // 60k events of ~2 KB (~120 MiB of payload) against a store taking +20 ms per batch.
+    let report = khala_chaos::memory::run(
+        env!("CARGO_BIN_EXE_khala-chaos-child").into(),
+        dir.path().join("memory.db"),
+        60_000,
+        2_000,
+        20,
+    )
+    .await;
+    eprintln!("{}", report.line());
+    assert!(report.caught_up, "{}", report.line());
+    assert!(report.backlog_bytes > 100 << 20);
+    // Unbounded buffering would hold a large part of the backlog; bounded stays far below.
+    assert!(report.peak_rss_kib < 64 * 1024, "{}", report.line());
+}

@@ -1,9 +1,12 @@
 //! The process the crash test kills: syncs `--topics` from `--server` into `--db` until killed,
 //! printing each topic phase change as one stdout line (`bootstrapping`, `replaying`, `live`…).
+//! `--slow-apply-ms N` wraps the SQLite store in [`khala_chaos::slow_store::SlowStore`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use khala_sync::store::{SqliteOptions, SqliteStore};
 use khala_sync::{ClientOptions, SyncClient, Topic, TopicPhase};
 
 fn arg(name: &str) -> Option<String> {
@@ -36,10 +39,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split(',')
         .map(Topic::new)
         .collect::<Result<_, _>>()?;
-    let client = SyncClient::builder(server)
+    let builder = SyncClient::builder(server)
         .app_bearer_token("dev-app-token")
-        .topics(topics)
-        .database_path(db)
+        .topics(topics);
+    // `--slow-apply-ms N`: every applied batch takes N ms more (bounded-memory test).
+    let builder = match arg("--slow-apply-ms").and_then(|v| v.parse::<u64>().ok()) {
+        Some(ms) => {
+            let sqlite = SqliteStore::open(&db, SqliteOptions::default())?;
+            builder.store(Arc::new(khala_chaos::slow_store::SlowStore::new(
+                Arc::new(sqlite),
+                Duration::from_millis(ms),
+            )))
+        }
+        None => builder.database_path(db),
+    };
+    let client = builder
         .options(ClientOptions {
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(500),
