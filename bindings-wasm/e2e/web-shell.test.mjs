@@ -2,7 +2,9 @@
 // Every test uses its own IndexedDB name; server counters are compared as deltas.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import { chromium } from 'playwright-core';
 import path from 'node:path';
 import {
   TOPIC, repoRoot, startServer, launchBrowser, openShell, waitLive, clientMetrics,
@@ -94,6 +96,31 @@ test('reload: the page resumes from the persisted watermark without a snapshot',
   assert.equal((await clientMetrics(page)).snapshots, 0, 'no snapshot after page.reload()');
   assert.deepEqual(page.errors, []);
   await ctx.close();
+});
+
+test('browser restart: a persistent profile keeps documents and watermark (no snapshot)', async () => {
+  const profile = mkdtempSync(path.join(os.tmpdir(), 'khala-profile-'));
+  const launch = () => chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu', '--disable-quic',
+      '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    let ctx = await launch();
+    let page = await openShell(ctx, server, { db: 'e2e-restart' });
+    assert.equal((await clientMetrics(page)).snapshots, 1);
+    await ctx.close(); // the whole browser process exits
+    await server.publish('runtime/run_summary:e2e-restart', { run_id: 'e2e-restart', status: 'queued' });
+    ctx = await launch();
+    page = await openShell(ctx, server, { db: 'e2e-restart' });
+    await docRow(page, 'runtime/run_summary:e2e-restart').waitFor();
+    const m = await clientMetrics(page);
+    assert.equal(m.snapshots, 0, 'resumed after a browser restart without a snapshot');
+    assert.deepEqual(page.errors, []);
+    await ctx.close();
+  } finally {
+    rmSync(profile, { recursive: true, force: true });
+  }
 });
 
 test('forced stale cursor: exactly one snapshot, then live', async () => {
