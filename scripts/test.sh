@@ -5,6 +5,7 @@
 #   scripts/test.sh --no-lint     # skip fmt/clippy/doc (local iteration)
 #   scripts/test.sh --skip-swift  # skip the Swift package suite (Debian chroot + swift test)
 #   scripts/test.sh --skip-web    # skip the wasm suites (Node + headless Chromium)
+#   scripts/test.sh --skip-fuzz   # skip the cargo-fuzz runs (10 s per decoder target)
 #
 # Every suite writes "<passed> <failed>" to target/test-results/<suite>; the script ends with
 # the totals line "N passed, N failed" over all suites (Rust nextest, Swift, web, ...).
@@ -14,12 +15,14 @@ cd "$(dirname "$0")/.."
 LINT=1
 SWIFT=1
 WEB=1
+FUZZ=1
 for arg in "$@"; do
   case "$arg" in
     --no-lint) LINT=0 ;;
     --skip-swift) SWIFT=0 ;;
     --skip-web) WEB=0 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --skip-fuzz) FUZZ=0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
@@ -68,7 +71,12 @@ if [ "$WEB" = 1 ] && [ -x bindings-wasm/scripts/test.sh ]; then
   run_step web bindings-wasm/scripts/test.sh "$RESULTS/web"
 fi
 
-step "unit + integration tests (cargo nextest)"
+if [ "$FUZZ" = 1 ]; then
+  step "cargo-fuzz: every inbound decoder, 10 s each"
+  run_step fuzz scripts/fuzz.sh 10 "$RESULTS/fuzz"
+fi
+
+step "unit + integration tests (cargo nextest; reliability figure lines print at the end)"
 NEXTEST_LOG=$RESULTS/nextest.log
 cargo nextest run --workspace --no-fail-fast --profile ci 2>&1 | tee "$NEXTEST_LOG"
 summary=$(grep -E '^ *Summary' "$NEXTEST_LOG" | tail -1)
