@@ -10,11 +10,13 @@
 #    see scripts/swift-chroot.sh), stages the package into it with only the static library in
 #    lib/, and runs `swift build --build-tests` and `swift test`, both with -warnings-as-errors;
 #    the XCTest suite spawns the real dev server (KHALA_DEV_SERVER) once per test on loopback;
-# 4. `cargo check -p khala-sync-ffi` for aarch64-apple-ios and aarch64-apple-ios-sim.
+#    then type-checks the example app's model (examples/ios) against the built module;
+# 4. `cargo check -p khala-sync-ffi` for aarch64-apple-ios and aarch64-apple-ios-sim (the latter
+#    with -Zbuild-std when rustup has no prebuilt std for it, as on this machine's mirror).
 #
 # Writes "<passed> <failed>" to the result file: the XCTest counts from `swift test`'s summary,
-# plus one per iOS cargo check. A failing step that runs no tests (build, bindgen, chroot,
-# `swift build`) counts as one failure. Exits non-zero if anything failed. Runs as root (the
+# plus one for the example type-check and one per iOS cargo check. A failing step that runs no
+# tests (build, bindgen, chroot, `swift build`) counts as one failure. Exits non-zero if anything failed. Runs as root (the
 # chroot needs mount/chroot); installs what it needs idempotently.
 set -uo pipefail
 
@@ -31,10 +33,12 @@ set +e
 
 PASSED=0
 FAILED=0
-step() { printf '\n--> [swift] %s\n' "$*"; }
+step() { printf '\n--> [swift] (%ss) %s\n' "$SECONDS" "$*"; }
 fail_step() { echo "!! [swift] $*" >&2; FAILED=$((FAILED + 1)); }
+SWIFT_SUMMARY="(swift test did not run)"
 finish() {
   echo "$PASSED $FAILED" > "$RESULT_FILE"
+  echo "swift test: ${SWIFT_SUMMARY//$'\t'/}"
   echo "swift suite: $PASSED passed, $FAILED failed"
   [ "$FAILED" = 0 ]
   exit $?
@@ -124,6 +128,7 @@ if [ "$finish_swift" = 1 ]; then
   summary=$(grep -E 'Executed [0-9]+ tests?, with [0-9]+ failures?' "$LOG" | tail -1)
   n=$(sed -nE 's/.*Executed ([0-9]+) tests?.*/\1/p' <<<"$summary")
   f=$(sed -nE 's/.*with ([0-9]+) failures?.*/\1/p' <<<"$summary")
+  [ -n "$summary" ] && SWIFT_SUMMARY=$summary
   if [ -z "$summary" ]; then
     fail_step "no XCTest summary in swift test output (exit $test_rc)"
   else
@@ -132,6 +137,20 @@ if [ "$finish_swift" = 1 ]; then
     if [ "$test_rc" != 0 ] && [ "$f" = 0 ]; then
       fail_step "swift test exited $test_rc with no failing test"
     fi
+  fi
+fi
+if [ "$finish_swift" = 1 ]; then
+  # The example app's model uses only the public API; SwiftUI is not on Linux, so the view file
+  # cannot be compiled here, but the model is type-checked against the built module.
+  step "type-check examples/ios model against the KhalaSync module (Swift 6)"
+  mkdir -p "$SWIFT_ROOT/khala/example"
+  cp "$REPO/examples/ios/KhalaSyncExample/RunSummaries.swift" "$SWIFT_ROOT/khala/example/"
+  if in_chroot "swiftc -typecheck -swift-version 6 -warnings-as-errors \
+        -I .build/x86_64-pc-linux-gnu/debug/Modules -I Sources/khala_sync_ffiFFI \
+        /khala/example/RunSummaries.swift"; then
+    PASSED=$((PASSED + 1))
+  else
+    fail_step "examples/ios model does not type-check"
   fi
 fi
 cleanup
@@ -154,11 +173,18 @@ for t in aarch64-apple-ios aarch64-apple-ios-sim; do
 done
 # rusqlite's bundled SQLite (and other build scripts) want a C cross-compiler for Apple, which
 # Linux lacks; a *check* never links, so /bin/true stands in (TOOLCHAINS.md).
-FAKE_SDK=$(mktemp -d)
+# A fixed (empty) SDKROOT: a new temp dir per run would change build-script inputs and make
+# every run re-check from scratch.
+FAKE_SDK=$TARGET_DIR/khala-fake-apple-sdk
+mkdir -p "$FAKE_SDK"
 for t in aarch64-apple-ios aarch64-apple-ios-sim; do
   v=${t//-/_}
   extra=()
-  if [ -n "${BUILD_STD[$t]:-}" ]; then extra=(-Zbuild-std=std,panic_abort); fi
+  # Own target dir for -Zbuild-std: RUSTC_BOOTSTRAP=1 changes the fingerprints of the host
+  # build dependencies, which would otherwise be rebuilt on every alternation of the two checks.
+  if [ -n "${BUILD_STD[$t]:-}" ]; then
+    extra=(-Zbuild-std=std,panic_abort --target-dir "$TARGET_DIR/khala-build-std")
+  fi
   step "cargo check -p khala-sync-ffi --target $t ${extra[*]}"
   if env "CC_$v=/bin/true" "AR_$v=/bin/true" SDKROOT="$FAKE_SDK" \
        ${BUILD_STD[$t]:+RUSTC_BOOTSTRAP=1} \
@@ -168,6 +194,5 @@ for t in aarch64-apple-ios aarch64-apple-ios-sim; do
     fail_step "cargo check --target $t failed"
   fi
 done
-rmdir "$FAKE_SDK" 2>/dev/null
 
 finish
