@@ -98,6 +98,19 @@ test('reload: the page resumes from the persisted watermark without a snapshot',
   await ctx.close();
 });
 
+test('persist=0: the memory store bootstraps again after a reload (the contrast to IndexedDB)', async () => {
+  const ctx = await browser.newContext();
+  const page = await openShell(ctx, server, { db: 'e2e-memory', persist: '0' });
+  assert.equal(await page.evaluate(() => window.khala.client.persistent), false);
+  assert.equal(await page.locator('#store').textContent(), 'memory');
+  assert.equal((await clientMetrics(page)).snapshots, 1);
+  await page.reload();
+  await waitLive(page);
+  assert.equal((await clientMetrics(page)).snapshots, 1, 'nothing persisted: a new snapshot');
+  assert.deepEqual(page.errors, []);
+  await ctx.close();
+});
+
 test('browser restart: a persistent profile keeps documents and watermark (no snapshot)', async () => {
   const profile = mkdtempSync(path.join(os.tmpdir(), 'khala-profile-'));
   const launch = () => chromium.launchPersistentContext(profile, {
