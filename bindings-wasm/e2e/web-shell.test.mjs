@@ -158,6 +158,21 @@ test('forced stale cursor: exactly one snapshot, then live', async () => {
   await ctx.close();
 });
 
+test('token expiry: the server reauth push makes the page fetch a new token and keep syncing', async () => {
+  const ctx = await browser.newContext();
+  const page = await openShell(ctx, server, { db: 'e2e-reauth' });
+  const before = await clientMetrics(page);
+  await server.faults({ expire_tokens: true });
+  await page.waitForFunction((n) => window.khala.client.metrics().tokensFetched > n, before.tokensFetched, { timeout: 20_000 });
+  await waitLive(page);
+  await server.publish('runtime/run_summary:e2e-reauth', { run_id: 'e2e-reauth', status: 'running' });
+  await docRow(page, 'runtime/run_summary:e2e-reauth').waitFor();
+  const m = await clientMetrics(page);
+  assert.equal(m.snapshots, 1, 'no new snapshot for a token refresh');
+  assert.deepEqual(page.errors, []);
+  await ctx.close();
+});
+
 test('offline/online: going offline pauses, coming back reconnects and catches up', async () => {
   const ctx = await browser.newContext();
   const page = await openShell(ctx, server, { db: 'e2e-offline' });
