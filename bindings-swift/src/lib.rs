@@ -5,9 +5,10 @@
 //! back. No sync logic lives here (or in Swift).
 //!
 //! Swift sees [`KhalaSyncCore`] (the client), [`ChangeSubscription`] / [`StatusSubscription`]
-//! (pull-style listeners the Swift package turns into `AsyncStream`s), the records in
-//! [`types`], the typed [`KhalaSyncError`], and the [`CredentialsProvider`] foreign trait the
-//! app implements to supply its own auth headers for the token call.
+//! (pull-style listeners the Swift package turns into `AsyncStream`s), the records
+//! ([`SyncStatus`], [`Change`], [`Doc`], [`Metrics`], …), the typed [`KhalaSyncError`], and
+//! the [`CredentialsProvider`] foreign trait the app implements to supply its own auth headers
+//! for the token call.
 //!
 //! uniffi's scaffolding is `unsafe extern "C"` code expanded into this crate, so the workspace's
 //! `forbid(unsafe_code)` cannot apply here; the code written in this crate has no `unsafe`.

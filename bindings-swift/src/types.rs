@@ -391,9 +391,9 @@ impl SyncOptions {
             backoff_cap: self.backoff_cap_ms.map_or(d.backoff_cap, ms),
             heartbeat_interval: self.heartbeat_interval_ms.map_or(d.heartbeat_interval, ms),
             dead_after: self.dead_after_ms.map_or(d.dead_after, ms),
-            max_frame_bytes: self
-                .max_frame_bytes
-                .map_or(d.max_frame_bytes, |b| usize::try_from(b).unwrap_or(usize::MAX)),
+            max_frame_bytes: self.max_frame_bytes.map_or(d.max_frame_bytes, |b| {
+                usize::try_from(b).unwrap_or(usize::MAX)
+            }),
             client_name: self.client_name.unwrap_or_else(|| d.client_name.clone()),
             client_build_id: self
                 .client_build_id
