@@ -2,20 +2,23 @@
 //! `MemoryStore`/`SqliteStore` (the shared conformance scenarios run against it in headless
 //! Chromium, see `tests/browser.rs`).
 //!
-//! Layout (database version 1, four object stores, out-of-line keys, JSON string values):
+//! Layout (database version 2, three object stores, out-of-line keys, JSON string values):
 //!
-//! | store    | key                       | value                                           |
-//! |----------|---------------------------|-------------------------------------------------|
-//! | `docs`   | `[topic, doc_key]`        | `{"k","v","p","h","w","ok"}` (committed docs)   |
-//! | `staged` | `[topic, gen, doc_key]`   | same, snapshot pages not yet swapped in         |
-//! | `topics` | `topic`                   | `{"w": watermark, "g": staged generation|null}` |
-//! | `meta`   | `"identity"`, `"last_gen"`| identity JSON, last generation handed out       |
+//! | store    | key                        | value                                             |
+//! |----------|----------------------------|---------------------------------------------------|
+//! | `docs`   | `[topic, gen, doc_key]`    | `{"k","v","p","h","w","ok"}`                      |
+//! | `topics` | `topic`                    | `{"w": watermark, "c": visible gen, "g": staged}` |
+//! | `meta`   | `"identity"`, `"last_gen"` | identity JSON, last generation handed out         |
+//!
+//! Documents are keyed by generation: readers and `apply` see only the topic's visible
+//! generation `c` (0 until the first snapshot); snapshot pages are written under the staged
+//! generation `g`, invisible until `finish_snapshot` flips `c` to it, deletes the old
+//! generation's key range and sets the watermark — one transaction, no copying.
 //!
 //! Every method is one IndexedDB transaction. `apply` reads the topic's watermark
 //! (compare-and-set), writes the documents and the new watermark in the *same* read-write
-//! transaction, so a batch is committed whole or not at all; `finish_snapshot` swaps the
-//! staged generation in and sets the watermark in one transaction too. On any error the
-//! transaction is aborted explicitly (IndexedDB would otherwise auto-commit earlier writes).
+//! transaction, so a batch is committed whole or not at all. On any error the transaction is
+//! aborted explicitly (IndexedDB would otherwise auto-commit earlier writes).
 //!
 //! `Store` requires `Send + Sync`, which JS handles are not; the `Rexie` handle therefore
 //! lives in a thread-local registry and `IdbStore` holds only its id (wasm32 without atomics
@@ -37,10 +40,9 @@ use khala_sync::store::{
 };
 
 const DOCS: &str = "docs";
-const STAGED: &str = "staged";
 const TOPICS: &str = "topics";
 const META: &str = "meta";
-const DB_VERSION: u32 = 1;
+const DB_VERSION: u32 = 2;
 
 thread_local! {
     static DATABASES: RefCell<HashMap<u64, Rc<Rexie>>> = RefCell::new(HashMap::new());
@@ -86,7 +88,12 @@ struct DocRec {
 
 #[derive(Serialize, Deserialize, Default, Clone, Copy)]
 struct TopicRec {
+    /// Committed watermark.
     w: u64,
+    /// Visible generation (0 before the first snapshot).
+    #[serde(default)]
+    c: u64,
+    /// Staged (unfinished) generation.
     g: Option<u64>,
 }
 
@@ -106,13 +113,6 @@ fn to_value<T: Serialize>(v: &T) -> Result<JsValue, StoreError> {
 fn from_value<T: for<'de> Deserialize<'de>>(v: &JsValue, what: &str) -> Result<T, StoreError> {
     let s = v.as_string().ok_or_else(|| corrupt(what))?;
     serde_json::from_str(&s).map_err(|_| corrupt(what))
-}
-
-fn key2(topic: &Topic, doc_key: &str) -> JsValue {
-    let a = js_sys::Array::new();
-    a.push(&topic.as_str().into());
-    a.push(&doc_key.into());
-    a.into()
 }
 
 fn key3(topic: &Topic, generation: u64, doc_key: &str) -> JsValue {
@@ -137,11 +137,7 @@ fn prefix_range(prefix: &[JsValue]) -> Result<KeyRange, StoreError> {
         .map_err(|e| StoreError::Other(format!("key range: {e}")))
 }
 
-fn topic_range(topic: &Topic) -> Result<KeyRange, StoreError> {
-    prefix_range(&[topic.as_str().into()])
-}
-
-fn staged_range(topic: &Topic, generation: u64) -> Result<KeyRange, StoreError> {
+fn gen_range(topic: &Topic, generation: u64) -> Result<KeyRange, StoreError> {
     prefix_range(&[topic.as_str().into(), JsValue::from_f64(generation as f64)])
 }
 
@@ -262,7 +258,6 @@ impl IdbStore {
         let db = Rexie::builder(name)
             .version(DB_VERSION)
             .add_object_store(ObjectStore::new(DOCS))
-            .add_object_store(ObjectStore::new(STAGED))
             .add_object_store(ObjectStore::new(TOPICS))
             .add_object_store(ObjectStore::new(META))
             .build()
@@ -274,7 +269,7 @@ impl IdbStore {
                 },
                 other => other,
             })?;
-        for s in [DOCS, STAGED, TOPICS, META] {
+        for s in [DOCS, TOPICS, META] {
             if !db.store_names().iter().any(|n| n == s) {
                 db.close();
                 return Err(StoreError::Foreign);
@@ -320,7 +315,7 @@ impl IdbStore {
     }
 
     async fn bind_identity_impl(&self, identity: Identity) -> Result<IdentityCheck, StoreError> {
-        let tx = self.tx(&[META, DOCS, STAGED, TOPICS], TransactionMode::ReadWrite)?;
+        let tx = self.tx(&[META, DOCS, TOPICS], TransactionMode::ReadWrite)?;
         let r = async {
             let meta = tx.store(META).map_err(err)?;
             let new = IdentityRec {
@@ -335,7 +330,7 @@ impl IdbStore {
                     if current == new {
                         return Ok(IdentityCheck::Same);
                     }
-                    for s in [DOCS, STAGED, TOPICS] {
+                    for s in [DOCS, TOPICS] {
                         tx.store(s).map_err(err)?.clear().await.map_err(err)?;
                     }
                     IdentityCheck::Replaced
@@ -389,7 +384,7 @@ impl IdbStore {
             let keys = batch
                 .writes
                 .iter()
-                .map(|w| key2(&batch.topic, w.doc_key.as_str()))
+                .map(|w| key3(&batch.topic, rec.c, w.doc_key.as_str()))
                 .collect();
             let kept_local = write_docs(&docs, keys, &batch.writes, false)
                 .await?
@@ -413,7 +408,7 @@ impl IdbStore {
     }
 
     async fn begin_snapshot_impl(&self, topic: Topic) -> Result<SnapshotGen, StoreError> {
-        let tx = self.tx(&[META, STAGED, TOPICS], TransactionMode::ReadWrite)?;
+        let tx = self.tx(&[META, DOCS, TOPICS], TransactionMode::ReadWrite)?;
         let r = async {
             let meta = tx.store(META).map_err(err)?;
             let last: u64 = match meta.get("last_gen".into()).await.map_err(err)? {
@@ -424,14 +419,16 @@ impl IdbStore {
             meta.put(&to_value(&generation)?, Some(&"last_gen".into()))
                 .await
                 .map_err(err)?;
-            // Discard any unfinished generation of this topic.
-            tx.store(STAGED)
-                .map_err(err)?
-                .delete(topic_range(&topic)?.into())
-                .await
-                .map_err(err)?;
             let topics = tx.store(TOPICS).map_err(err)?;
             let mut rec = topic_rec(&topics, &topic).await?.unwrap_or_default();
+            // Discard any unfinished generation of this topic.
+            if let Some(old) = rec.g {
+                tx.store(DOCS)
+                    .map_err(err)?
+                    .delete(gen_range(&topic, old)?.into())
+                    .await
+                    .map_err(err)?;
+            }
             rec.g = Some(generation);
             topics
                 .put(&to_value(&rec)?, Some(&topic.as_str().into()))
@@ -460,10 +457,10 @@ impl IdbStore {
         generation: SnapshotGen,
         docs: Vec<DocWrite>,
     ) -> Result<(), StoreError> {
-        let tx = self.tx(&[STAGED, TOPICS], TransactionMode::ReadWrite)?;
+        let tx = self.tx(&[DOCS, TOPICS], TransactionMode::ReadWrite)?;
         let r = async {
             Self::current_gen(&tx.store(TOPICS).map_err(err)?, &topic, generation).await?;
-            let staged = tx.store(STAGED).map_err(err)?;
+            let staged = tx.store(DOCS).map_err(err)?;
             let keys = docs
                 .iter()
                 .map(|w| key3(&topic, generation.0, w.doc_key.as_str()))
@@ -481,25 +478,17 @@ impl IdbStore {
         generation: SnapshotGen,
         snapshot_watermark: Watermark,
     ) -> Result<(), StoreError> {
-        let tx = self.tx(&[DOCS, STAGED, TOPICS], TransactionMode::ReadWrite)?;
+        let tx = self.tx(&[DOCS, TOPICS], TransactionMode::ReadWrite)?;
         let r = async {
             let topics = tx.store(TOPICS).map_err(err)?;
             let mut rec = Self::current_gen(&topics, &topic, generation).await?;
-            let docs = tx.store(DOCS).map_err(err)?;
-            let staged = tx.store(STAGED).map_err(err)?;
-            docs.delete(topic_range(&topic)?.into())
+            // The swap: drop the visible generation, make the staged one visible.
+            tx.store(DOCS)
+                .map_err(err)?
+                .delete(gen_range(&topic, rec.c)?.into())
                 .await
                 .map_err(err)?;
-            let range = staged_range(&topic, generation.0)?;
-            let rows = staged
-                .get_all(Some(range.clone()), None)
-                .await
-                .map_err(err)?;
-            for v in rows {
-                let d: DocRec = from_value(&v, "staged doc")?;
-                docs.put(&v, Some(&key2(&topic, &d.k))).await.map_err(err)?;
-            }
-            staged.delete(range.into()).await.map_err(err)?;
+            rec.c = generation.0;
             rec.w = snapshot_watermark.0;
             rec.g = None;
             topics
@@ -517,12 +506,15 @@ impl IdbStore {
         topic: Topic,
         doc_key: DocKey,
     ) -> Result<Option<StoredDoc>, StoreError> {
-        let tx = self.tx(&[DOCS], TransactionMode::ReadOnly)?;
+        let tx = self.tx(&[DOCS, TOPICS], TransactionMode::ReadOnly)?;
         let r = async {
+            let Some(rec) = topic_rec(&tx.store(TOPICS).map_err(err)?, &topic).await? else {
+                return Ok(None);
+            };
             match tx
                 .store(DOCS)
                 .map_err(err)?
-                .get(key2(&topic, doc_key.as_str()))
+                .get(key3(&topic, rec.c, doc_key.as_str()))
                 .await
                 .map_err(err)?
             {
@@ -535,12 +527,15 @@ impl IdbStore {
     }
 
     async fn list_impl(&self, topic: Topic) -> Result<Vec<StoredDoc>, StoreError> {
-        let tx = self.tx(&[DOCS], TransactionMode::ReadOnly)?;
+        let tx = self.tx(&[DOCS, TOPICS], TransactionMode::ReadOnly)?;
         let r = async {
+            let Some(rec) = topic_rec(&tx.store(TOPICS).map_err(err)?, &topic).await? else {
+                return Ok(Vec::new());
+            };
             let rows = tx
                 .store(DOCS)
                 .map_err(err)?
-                .get_all(Some(topic_range(&topic)?), None)
+                .get_all(Some(gen_range(&topic, rec.c)?), None)
                 .await
                 .map_err(err)?;
             let mut out = rows

@@ -139,7 +139,31 @@ mod durability {
             s.get(t.clone(), DocKey::new("c").unwrap()).await.unwrap(),
             None
         );
+        // Finishing a snapshot deletes the previous generation's records (no storage leak),
+        // and a new snapshot discards an unfinished one's.
+        let g1 = s.begin_snapshot(t.clone()).await.unwrap();
+        s.put_snapshot_page(t.clone(), g1, vec![write("x", 1, 5)])
+            .await
+            .unwrap();
+        let g2 = s.begin_snapshot(t.clone()).await.unwrap();
+        s.put_snapshot_page(t.clone(), g2, vec![write("y", 1, 5), write("z", 1, 5)])
+            .await
+            .unwrap();
+        s.finish_snapshot(t.clone(), g2, Watermark(5))
+            .await
+            .unwrap();
+        assert_eq!(s.list(t.clone()).await.unwrap().len(), 2);
         s.close();
+        let raw = rexie::Rexie::builder(name).build().await.unwrap();
+        let tx = raw
+            .transaction(&["docs"], rexie::TransactionMode::ReadOnly)
+            .unwrap();
+        let records = tx.store("docs").unwrap().count(None).await.unwrap();
+        assert_eq!(
+            records, 2,
+            "only the visible generation's documents are stored"
+        );
+        raw.close();
         IdbStore::delete(name).await.unwrap();
     }
 }
