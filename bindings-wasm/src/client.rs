@@ -112,27 +112,27 @@ impl WasmClient {
         };
 
         let mut cfg = EngineConfig::new(endpoint.origin(), topics.clone());
-        if let Some(n) = o.uint("replayBatchSize", 1000.0)? {
+        if let Some(n) = o.uint("replayBatchSize", 1000)? {
             cfg.replay_batch_size = n as u32;
         }
-        if let Some(n) = o.uint("snapshotPageLimit", 5000.0)? {
+        if let Some(n) = o.uint("snapshotPageLimit", 5000)? {
             cfg.snapshot_page_limit = n as u32;
         }
-        let day = 86_400_000.0;
+        let day = 86_400_000;
         cfg.backoff_base = ms(o.uint("backoffBaseMs", day)?, cfg.backoff_base);
         cfg.backoff_cap = ms(o.uint("backoffCapMs", day)?, cfg.backoff_cap);
         cfg.heartbeat_interval = ms(o.uint("heartbeatIntervalMs", day)?, cfg.heartbeat_interval);
         cfg.dead_after = ms(o.uint("deadAfterMs", day)?, cfg.dead_after);
-        if let Some(n) = o.uint("maxFrameBytes", 1e9)? {
+        if let Some(n) = o.uint("maxFrameBytes", 1_000_000_000)? {
             cfg.decode_limits = DecodeLimits {
                 max_frame_bytes: n as usize,
             };
         }
-        cfg.seed = match o.uint("jitterSeed", 9_007_199_254_740_991.0)? {
+        cfg.seed = match o.uint("jitterSeed", 9_007_199_254_740_991)? {
             Some(s) => s,
             None => (js_sys::Math::random() * 9_007_199_254_740_991.0) as u64,
         };
-        let ttl = o.uint("tokenTtlSeconds", 86_400.0)?.map(|n| n as u32);
+        let ttl = o.uint("tokenTtlSeconds", 86_400)?.map(|n| n as u32);
         let engine = Engine::new(cfg.clone());
         let origin_ms = net::now_ms();
         let shared = Rc::new(Shared {

@@ -319,10 +319,11 @@ impl Opts<'_> {
     }
 
     /// A non-negative integer no larger than `max`.
-    pub(crate) fn uint(&self, name: &str, max: f64) -> Result<Option<u64>, JsValue> {
+    pub(crate) fn uint(&self, name: &str, max: u64) -> Result<Option<u64>, JsValue> {
         self.present(name)
             .map(|v| match v.as_f64() {
-                Some(n) if n.fract() == 0.0 && (0.0..=max).contains(&n) => Ok(n as u64),
+                Some(n) if n.fract() == 0.0 && (0.0..=max as f64).contains(&n) => Ok(n as u64),
+                // `max` is formatted as an integer: no float formatting code in the module.
                 _ => Err(config_error(format!(
                     "option `{name}` must be an integer in 0..={max}"
                 ))),
