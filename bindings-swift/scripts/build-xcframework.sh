@@ -43,7 +43,7 @@ done
 
 # Swift sources + header + module map, generated from the host (macOS) dylib.
 echo "==> uniffi-bindgen generate (Swift)"
-cargo build -p khala-sync-ffi "${CARGO_PROFILE_FLAG[@]}"
+cargo build -p khala-sync-ffi --features bindgen "${CARGO_PROFILE_FLAG[@]}"
 rm -rf "$OUT/gen" "$OUT/headers"
 mkdir -p "$OUT/gen" "$OUT/headers"
 (cd "$PKG_DIR" && "$TARGET_DIR/$PROFILE/uniffi-bindgen" generate \

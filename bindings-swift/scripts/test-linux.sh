@@ -3,7 +3,8 @@
 #
 #   bindings-swift/scripts/test-linux.sh [result-file]
 #
-# 1. builds the Rust library (`khala-sync-ffi`) and the dev server (`khala-dev-server`);
+# 1. builds the crate's uniffi-bindgen (feature `bindgen`), the Rust library (`khala-sync-ffi`,
+#    without the bindgen) and the dev server (`khala-dev-server`);
 # 2. generates the Swift bindings with the crate's `uniffi-bindgen` from the built library
 #    (generated files are not in git; they are rewritten only when they change);
 # 3. ensures a cached Debian trixie chroot with Swift 6 (~/.cache/khala-sync/swift-trixie,
@@ -50,8 +51,12 @@ TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
 TARGET_DIR=${TARGET_DIR:-$REPO/target}
 
 # --- 1. Rust library + dev server -----------------------------------------------------------
-step "cargo build -p khala-sync-ffi -p khala-dev-server"
-if ! cargo build -p khala-sync-ffi -p khala-dev-server; then
+# The bindgen binary with uniffi's `cli` (feature `bindgen`) first, then the library without it
+# (what apps link), so target/debug/libkhala_sync_ffi.{a,so} are the latter.
+step "cargo build: uniffi-bindgen (--features bindgen), khala-sync-ffi --lib, khala-dev-server"
+if ! { cargo build -p khala-sync-ffi --features bindgen --bin uniffi-bindgen &&
+       cargo build -p khala-sync-ffi --lib &&
+       cargo build -p khala-dev-server --bin khala-dev-server; }; then
   fail_step "cargo build failed"
   finish
 fi
@@ -90,6 +95,13 @@ rm -rf "$STAGE/Sources" "$STAGE/Tests" "$STAGE/lib/"*
 cp -a "$PKG_DIR/Package.swift" "$PKG_DIR/Sources" "$PKG_DIR/Tests" "$STAGE/"
 cp -al "$TARGET_DIR/debug/libkhala_sync_ffi.a" "$STAGE/lib/" 2>/dev/null \
   || cp -a "$TARGET_DIR/debug/libkhala_sync_ffi.a" "$STAGE/lib/"
+# SwiftPM does not track a library passed by -L/-l: when the Rust library changed, delete the
+# linked test bundle so `swift build` relinks it (otherwise the tests would run old Rust code).
+LIB_STAMP=$(stat -c '%i %s %Y' "$TARGET_DIR/debug/libkhala_sync_ffi.a")
+if [ "$(cat "$STAGE/.lib-stamp" 2>/dev/null)" != "$LIB_STAMP" ]; then
+  rm -rf "$STAGE/.build/x86_64-pc-linux-gnu/debug/KhalaSyncPackageTests.xctest"
+  echo "$LIB_STAMP" > "$STAGE/.lib-stamp"
+fi
 rm -f "$SWIFT_ROOT/khala/bin/khala-dev-server"
 cp -al "$TARGET_DIR/debug/khala-dev-server" "$SWIFT_ROOT/khala/bin/" 2>/dev/null \
   || cp -a "$TARGET_DIR/debug/khala-dev-server" "$SWIFT_ROOT/khala/bin/"
