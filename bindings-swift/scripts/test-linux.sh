@@ -136,17 +136,22 @@ if [ "$finish_swift" = 1 ]; then
   LOG=$TARGET_DIR/khala-swift-test.log
   in_chroot "swift test -Xswiftc -warnings-as-errors" 2>&1 | tee "$LOG"
   test_rc=${PIPESTATUS[0]}
-  # XCTest's last summary line is the total: "Executed N tests, with F failures ..."
+  # XCTest's last summary line is the total: "Executed N tests, with F failures ..." where F
+  # counts failed *assertions*; tests are counted from the per-test "passed"/"failed" lines.
   summary=$(grep -E 'Executed [0-9]+ tests?, with [0-9]+ failures?' "$LOG" | tail -1)
   n=$(sed -nE 's/.*Executed ([0-9]+) tests?.*/\1/p' <<<"$summary")
-  f=$(sed -nE 's/.*with ([0-9]+) failures?.*/\1/p' <<<"$summary")
+  tp=$(grep -cE "^Test Case '.*' passed" "$LOG")
+  tf=$(grep -cE "^Test Case '.*' failed" "$LOG")
   [ -n "$summary" ] && SWIFT_SUMMARY=$summary
   if [ -z "$summary" ]; then
     fail_step "no XCTest summary in swift test output (exit $test_rc)"
   else
-    PASSED=$((PASSED + n - f))
-    FAILED=$((FAILED + f))
-    if [ "$test_rc" != 0 ] && [ "$f" = 0 ]; then
+    PASSED=$((PASSED + tp))
+    FAILED=$((FAILED + tf))
+    if [ $((tp + tf)) != "$n" ]; then
+      fail_step "XCTest ran $n tests but reported $tp passed + $tf failed"
+    fi
+    if [ "$test_rc" != 0 ] && [ "$tf" = 0 ]; then
       fail_step "swift test exited $test_rc with no failing test"
     fi
   fi
