@@ -23,6 +23,12 @@ export async function quickStart(): Promise<void> {
   if (doc) console.log(doc.value.status, doc.watermark, doc.verified);
   const all = await client.list<Run>('runtime.run_summaries');
   console.log(all.length, client.metrics().snapshots, client.persistent, client.topics);
+  const role: 'leader' | 'follower' | 'standalone' = client.role;
+  console.log(role, client.status().role);
+  // @ts-expect-error role is read-only
+  client.role = 'leader';
+  // @ts-expect-error multiTab is a boolean
+  await KhalaSync.open({ baseUrl: 'x', topics: [], credentials: async () => ({}), multiTab: 'yes' });
   off();
   try {
     await client.close();

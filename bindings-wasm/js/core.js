@@ -1,17 +1,266 @@
 // Thin wrapper that turns the wasm-bindgen class into the documented API. No sync logic here:
 // every decision is made by the Rust engine; this file only adapts calling conventions
-// (async iterator protocol, unsubscribe functions).
+// (async iterator protocol, unsubscribe functions) and, in browsers, relays one tab's client
+// to the other tabs of the same origin and `dbName` (platform glue, see `TabRelay` below).
+
+/** Change buffer per subscriber (same as the Rust side's CHANGE_BUFFER). */
+const CHANGE_BUFFER = 8192;
+
+/** Wraps a `{ next(): Promise<change|undefined>, close() }` source into an async iterator. */
+function iterate(sub) {
+  let done = false;
+  return {
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    async next() {
+      if (done) return { value: undefined, done: true };
+      const value = await sub.next();
+      if (value === undefined) {
+        done = true;
+        return { value: undefined, done: true };
+      }
+      return { value, done: false };
+    },
+    async return() {
+      done = true;
+      sub.close();
+      return { value: undefined, done: true };
+    },
+  };
+}
+
+/** A JS-side change subscription with the contract of the wasm `ChangeSubscription`. */
+class ChangeQueue {
+  #items = [];
+  #waiters = [];
+  #closed = false;
+  #onClose;
+  constructor(onClose) {
+    this.#onClose = onClose;
+  }
+  push(change) {
+    if (this.#closed) return;
+    const w = this.#waiters.shift();
+    if (w) w(change);
+    else if (this.#items.length < CHANGE_BUFFER) this.#items.push(change);
+    // Full: this reader lags and skips this change (documented; re-read with list()).
+  }
+  next() {
+    if (this.#items.length) return Promise.resolve(this.#items.shift());
+    if (this.#closed) return Promise.resolve(undefined);
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const w of this.#waiters.splice(0)) w(undefined);
+    this.#onClose?.();
+  }
+}
+
+/**
+ * One connection per origin and `dbName` across tabs. Exactly one tab — the holder of the Web
+ * Lock `khala-sync:<dbName>` — runs the Rust driver (socket, token, store writes); the others
+ * never start theirs. The leader relays its status, metrics and committed changes over the
+ * `BroadcastChannel` of the same name; followers feed their listeners and `changes()`
+ * iterators from it and read documents from the shared IndexedDB store. When the leader tab
+ * goes away the lock passes to a waiting tab, which starts its (so far idle) driver: the engine
+ * binds the store, reads the committed watermarks and resumes from them like a page reload.
+ * This class only moves messages; it makes no sync decision.
+ */
+class TabRelay {
+  #inner;
+  #name;
+  #topics;
+  #role = 'follower';
+  #status;
+  #metrics;
+  #listeners = new Map();
+  #nextId = 0;
+  #subs = new Map(); // topic -> Set<ChangeQueue>
+  #delivered = new Map(); // topic -> watermark of the last change handed to the iterators
+  #channel = null;
+  #abort = null;
+  #release = null;
+  #started = false;
+  #closed = false;
+  #locks;
+
+  constructor(inner, dbName, topics, locks) {
+    this.#inner = inner;
+    this.#name = `khala-sync:${dbName}`;
+    this.#topics = topics;
+    this.#locks = locks;
+    if (!locks) this.#role = 'standalone';
+    this.#status = inner.status();
+    this.#metrics = inner.metrics();
+  }
+
+  get role() {
+    return this.#role;
+  }
+
+  start() {
+    if (this.#started || this.#closed) return;
+    this.#started = true;
+    this.#channel = new BroadcastChannel(this.#name);
+    this.#channel.onmessage = (e) => this.#onMessage(e.data);
+    if (!this.#locks) {
+      // Fallback without Web Locks: this tab syncs on its own (own socket; the store's
+      // watermark compare-and-set keeps the shared database consistent) and only shares
+      // committed changes, so every tab's changes() also reports what other tabs wrote.
+      this.#run();
+      return;
+    }
+    this.#abort = new AbortController();
+    globalThis.navigator.locks
+      .request(this.#name, { signal: this.#abort.signal }, () => this.#lead())
+      .catch((e) => {
+        if (e?.name !== 'AbortError') console.error('khala-sync: Web Lock request failed', e);
+      });
+    this.#post({ t: 'hello' });
+  }
+
+  /** Runs while this tab holds the lock (until close() or the tab goes away). */
+  async #lead() {
+    if (this.#closed) return;
+    this.#role = 'leader';
+    this.#run();
+    await new Promise((resolve) => {
+      this.#release = resolve;
+    });
+  }
+
+  /** Starts this tab's driver and relays what it reports. */
+  #run() {
+    // Subscribe before starting so no committed change is missed.
+    for (const topic of this.#topics) this.#pump(this.#inner.subscribeChanges(topic));
+    this.#inner.onStatus((s) => {
+      if (this.#closed) return;
+      this.#metrics = this.#inner.metrics();
+      this.#post({ t: 'status', s, m: this.#metrics });
+      this.#setStatus(s);
+    });
+    this.#inner.start();
+  }
+
+  async #pump(sub) {
+    for (;;) {
+      const c = await sub.next();
+      if (c === undefined || this.#closed) return;
+      this.#metrics = this.#inner.metrics();
+      this.#post({ t: 'change', c, m: this.#metrics });
+      this.#deliver(c);
+    }
+  }
+
+  #onMessage(msg) {
+    if (this.#closed || !msg || typeof msg !== 'object') return;
+    if (this.#role !== 'follower') {
+      if (msg.t === 'hello' && this.#role === 'leader') this.#post({ t: 'status', s: this.#inner.status(), m: this.#inner.metrics() });
+      // A change the previous leader committed just before it went away may still be in
+      // flight: hand it to the iterators (the store already has it; #deliver drops repeats).
+      else if (msg.t === 'change') this.#deliver(msg.c);
+      return;
+    }
+    if (msg.m) this.#metrics = msg.m;
+    if (msg.t === 'status') this.#setStatus(msg.s);
+    else if (msg.t === 'change') this.#deliver(msg.c);
+  }
+
+  #post(msg) {
+    try {
+      this.#channel?.postMessage(msg);
+    } catch (e) {
+      console.error('khala-sync: BroadcastChannel post failed', e);
+    }
+  }
+
+  /** Hands a committed change to this tab's iterators, once (by watermark per topic). */
+  #deliver(c) {
+    const last = this.#delivered.get(c.topic);
+    if (c.type !== 'bootstrapped' && last !== undefined && c.watermark <= last) return;
+    this.#delivered.set(c.topic, Math.max(last ?? 0, c.watermark));
+    for (const q of this.#subs.get(c.topic) ?? []) q.push(c);
+  }
+
+  #setStatus(s) {
+    this.#status = s;
+    this.#emit();
+  }
+
+  #emit() {
+    const s = this.status();
+    for (const cb of [...this.#listeners.values()]) {
+      try {
+        cb(s);
+      } catch (e) {
+        console.error('khala-sync: onStatus listener threw', e);
+      }
+    }
+  }
+
+  status() {
+    return { ...this.#status, role: this.#role };
+  }
+
+  metrics() {
+    return this.#role === 'follower' ? { ...this.#metrics } : this.#inner.metrics();
+  }
+
+  onStatus(cb) {
+    const id = ++this.#nextId;
+    this.#listeners.set(id, cb);
+    cb(this.status());
+    return () => this.#listeners.delete(id);
+  }
+
+  subscribe(topic) {
+    // Validates the topic exactly like the leader would (typed invalid_config error).
+    this.#inner.subscribeChanges(topic).close();
+    let set = this.#subs.get(topic);
+    if (!set) this.#subs.set(topic, (set = new Set()));
+    const q = new ChangeQueue(() => set.delete(q));
+    if (this.#closed) q.close();
+    else set.add(q);
+    return q;
+  }
+
+  async close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#abort?.abort();
+    await this.#inner.close();
+    this.#release?.(); // hands the lock to a waiting tab
+    this.#channel?.close();
+    for (const set of this.#subs.values()) for (const q of [...set]) q.close();
+    this.#listeners.clear();
+  }
+}
+
+const hasChannel = () => typeof globalThis.BroadcastChannel === 'function';
+/** Web Locks exist in browsers on secure origins (https, localhost/127.0.0.1); not in Node. */
+const hasLocks = () => typeof globalThis.navigator?.locks?.request === 'function';
 
 /** @param {any} wasm the wasm-bindgen module; @param {() => Promise<void>} ready */
 export function makeKhalaSync(wasm, ready) {
   class KhalaSyncClient {
     #c;
-    constructor(inner) {
+    #relay;
+    constructor(inner, options) {
       this.#c = inner;
+      this.#relay = inner.multiTab && hasChannel()
+        ? new TabRelay(inner, options.dbName ?? 'khala-sync', inner.topics(), hasLocks())
+        : null;
     }
-    /** Starts syncing in the background (no-op when already started). */
+    /**
+     * Starts syncing in the background (no-op when already started). With multi-tab sharing,
+     * joins the election: the leader tab syncs, the others follow it.
+     */
     start() {
-      this.#c.start();
+      if (this.#relay) this.#relay.start();
+      else this.#c.start();
     }
     /** Pauses network activity; reads keep working. */
     pause() {
@@ -25,14 +274,19 @@ export function makeKhalaSync(wasm, ready) {
     networkChanged() {
       this.#c.networkChanged();
     }
-    /** The current status. */
+    /** 'leader' / 'follower' (multi-tab sharing) or 'standalone' (this tab syncs alone). */
+    get role() {
+      return this.#relay ? this.#relay.role : 'standalone';
+    }
+    /** The current status (with `role`). */
     status() {
-      return this.#c.status();
+      return this.#relay ? this.#relay.status() : { ...this.#c.status(), role: 'standalone' };
     }
     /** Calls cb(status) now and on every change; returns an unsubscribe function. */
     onStatus(cb) {
       if (typeof cb !== 'function') throw new TypeError('onStatus needs a function');
-      const id = this.#c.onStatus(cb);
+      if (this.#relay) return this.#relay.onStatus(cb);
+      const id = this.#c.onStatus((s) => cb({ ...s, role: 'standalone' }));
       return () => this.#c.offStatus(id);
     }
     /**
@@ -40,27 +294,7 @@ export function makeKhalaSync(wasm, ready) {
      * `for await` loop ends the subscription; close() ends every iterator.
      */
     changes(topic) {
-      const sub = this.#c.subscribeChanges(topic);
-      let done = false;
-      return {
-        [Symbol.asyncIterator]() {
-          return this;
-        },
-        async next() {
-          if (done) return { value: undefined, done: true };
-          const value = await sub.next();
-          if (value === undefined) {
-            done = true;
-            return { value: undefined, done: true };
-          }
-          return { value, done: false };
-        },
-        async return() {
-          done = true;
-          sub.close();
-          return { value: undefined, done: true };
-        },
-      };
+      return iterate(this.#relay ? this.#relay.subscribe(topic) : this.#c.subscribeChanges(topic));
     }
     /** One stored document or null. */
     get(topic, key) {
@@ -70,9 +304,9 @@ export function makeKhalaSync(wasm, ready) {
     list(topic) {
       return this.#c.list(topic);
     }
-    /** Engine counters. */
+    /** Engine counters (a follower reports the leader's). */
     metrics() {
-      return this.#c.metrics();
+      return this.#relay ? this.#relay.metrics() : this.#c.metrics();
     }
     /** The configured topics. */
     get topics() {
@@ -82,9 +316,10 @@ export function makeKhalaSync(wasm, ready) {
     get persistent() {
       return this.#c.persistent;
     }
-    /** Stops syncing, ends iterators, closes the database. */
+    /** Stops syncing, ends iterators, closes the database; a leader hands over at once. */
     async close() {
-      await this.#c.close();
+      if (this.#relay) await this.#relay.close();
+      else await this.#c.close();
     }
   }
 
@@ -92,7 +327,7 @@ export function makeKhalaSync(wasm, ready) {
     /** Validates options and opens the store; does not touch the network until start(). */
     async open(options) {
       await ready();
-      return new KhalaSyncClient(await wasm.WasmClient.open(options));
+      return new KhalaSyncClient(await wasm.WasmClient.open(options), options);
     },
   };
 }

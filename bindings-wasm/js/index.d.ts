@@ -45,8 +45,13 @@ export interface KhalaSyncOptions {
   persist?: boolean;
   /** Kill switch: with false, start() does nothing. Default true. */
   enabled?: boolean;
-  /** React to `online`/`offline`/`visibilitychange`. Default true. */
+  /** React to `online`/`offline`/`visibilitychange`/`freeze`/`resume`/`pagehide`/`pageshow`. Default true. */
   networkEvents?: boolean;
+  /**
+   * Share one connection among the tabs of this origin that use the same `dbName` (Web Locks
+   * leader election, BroadcastChannel relay). Default true; only with a persistent store.
+   */
+  multiTab?: boolean;
   /** Allow http:// to non-loopback hosts (never in production). Default false. */
   allowInsecureNonLoopback?: boolean;
   replayBatchSize?: number;
@@ -94,7 +99,17 @@ export interface SyncStatus {
   lastError: ErrorInfo | null;
   /** `Date.now()`-based time of the next retry while in backoff. */
   nextRetryAt: number | null;
+  /** This tab's part in multi-tab sharing (see `KhalaSyncClient.role`). */
+  role: TabRole;
 }
+
+/**
+ * `leader`: this tab holds the Web Lock, owns the connection and writes the store.
+ * `follower`: another tab of the same origin and `dbName` leads; status, metrics and changes
+ * are relayed from it, reads go to the shared store. `standalone`: this tab syncs on its own
+ * (`multiTab: false`, `persist: false`, Node, or no Web Locks / BroadcastChannel).
+ */
+export type TabRole = 'leader' | 'follower' | 'standalone';
 
 export type Change<T = unknown> =
   | { type: 'upsert'; topic: string; key: string; version: number; value: T; watermark: number }
@@ -146,7 +161,10 @@ export interface KhalaSyncClient {
   changes<T = unknown>(topic: string): AsyncIterableIterator<Change<T>>;
   get<T = unknown>(topic: string, key: string): Promise<StoredDoc<T> | null>;
   list<T = unknown>(topic: string): Promise<StoredDoc<T>[]>;
+  /** Engine counters; a follower reports the leader's (as last relayed). */
   metrics(): Metrics;
+  /** This tab's part in multi-tab sharing; followers may become leader later. */
+  readonly role: TabRole;
   readonly topics: string[];
   readonly persistent: boolean;
   close(): Promise<void>;

@@ -38,6 +38,8 @@ pub struct WasmClient {
     closed: Cell<bool>,
     enabled: bool,
     auto_network_events: bool,
+    /// `multiTab` option (default true): share one connection per `dbName` across tabs.
+    multi_tab: bool,
     /// Keeps `online`/`offline`/`visibilitychange` handlers alive; removed on close.
     listeners: RefCell<Vec<EventHook>>,
 }
@@ -176,6 +178,7 @@ impl WasmClient {
             started: Cell::new(false),
             closed: Cell::new(false),
             enabled: o.bool("enabled")?.unwrap_or(true),
+            multi_tab: o.bool("multiTab")?.unwrap_or(true),
             auto_network_events: o.bool("networkEvents")?.unwrap_or(true),
             listeners: RefCell::new(Vec::new()),
         })
@@ -201,7 +204,9 @@ impl WasmClient {
 
     /// `online` → resume (immediate reconnect, backoff reset), `offline` → pause,
     /// `visibilitychange` to visible → reconnect now if not connected. Hidden pages keep
-    /// syncing (browsers may throttle their timers).
+    /// syncing (browsers may throttle their timers). Page lifecycle: `freeze` and `pagehide`
+    /// suspend the connection (closed cleanly instead of dying with the frozen page);
+    /// `resume` and `pageshow` undo that and reconnect at once.
     fn listen_network_events(&self) {
         let global = js_sys::global();
         let Some(target) = global.dyn_ref::<web_sys::EventTarget>() else {
@@ -226,9 +231,13 @@ impl WasmClient {
         };
         add(target, "online", || Some(Command::Offline(false)));
         add(target, "offline", || Some(Command::Offline(true)));
+        add(target, "pagehide", || Some(Command::Frozen(true)));
+        add(target, "pageshow", || Some(Command::Frozen(false)));
         let doc = js_sys::Reflect::get(&global, &"document".into()).ok();
         if let Some(doc) = doc.and_then(|d| d.dyn_into::<web_sys::Document>().ok()) {
             let t: web_sys::EventTarget = doc.into();
+            add(&t, "freeze", || Some(Command::Frozen(true)));
+            add(&t, "resume", || Some(Command::Frozen(false)));
             add(&t, "visibilitychange", || {
                 let visible = web_sys::window()
                     .and_then(|w| w.document())
@@ -333,6 +342,14 @@ impl WasmClient {
     /// The configured topics.
     pub fn topics(&self) -> Vec<String> {
         self.topics.iter().map(|t| t.as_str().to_owned()).collect()
+    }
+
+    /// Whether this client may take part in multi-tab leader election: the `multiTab` option
+    /// (default true), a persistent store (tabs share it) and `enabled`. The JS wrapper also
+    /// needs Web Locks and `BroadcastChannel`; without them each tab syncs on its own.
+    #[wasm_bindgen(getter, js_name = multiTab)]
+    pub fn multi_tab(&self) -> bool {
+        self.multi_tab && self.enabled && self.idb.is_some()
     }
 
     /// Whether the client persists to IndexedDB.

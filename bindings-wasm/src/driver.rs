@@ -113,6 +113,8 @@ pub(crate) enum Command {
     Offline(bool),
     /// `visibilitychange` to visible, or the app's `networkChanged()`.
     NetworkChanged,
+    /// Page lifecycle: `freeze`/`pagehide` (true), `resume`/`pageshow` (false).
+    Frozen(bool),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -145,6 +147,7 @@ struct Running {
     pending: HashMap<ConnId, Socket>,
     app_paused: bool,
     offline: bool,
+    frozen: bool,
 }
 
 impl Driver {
@@ -160,6 +163,7 @@ impl Driver {
             pending: HashMap::new(),
             app_paused: false,
             offline: false,
+            frozen: false,
         };
         r.feed(Event::Start);
         loop {
@@ -217,9 +221,20 @@ impl Running {
     }
 
     fn on_command(&mut self, cmd: Command) {
-        let was_paused = self.app_paused || self.offline;
+        let was_paused = self.paused();
         match cmd {
             Command::AppPaused(p) => self.app_paused = p,
+            Command::Frozen(f) => {
+                if self.frozen == f {
+                    return; // e.g. the first `pageshow` of a page load
+                }
+                self.frozen = f;
+                if !f {
+                    self.resume_or_pause(was_paused);
+                    self.feed(Event::NetworkChanged);
+                    return;
+                }
+            }
             Command::Offline(o) => {
                 self.offline = o;
                 if !o {
@@ -239,8 +254,12 @@ impl Running {
         self.resume_or_pause(was_paused);
     }
 
+    fn paused(&self) -> bool {
+        self.app_paused || self.offline || self.frozen
+    }
+
     fn resume_or_pause(&mut self, was_paused: bool) {
-        let paused = self.app_paused || self.offline;
+        let paused = self.paused();
         match (was_paused, paused) {
             (false, true) => self.feed(Event::Pause),
             (true, false) => self.feed(Event::Resume),

@@ -1,7 +1,7 @@
 // The web shell: status, bootstrap progress and a live document list, all from the khala-sync
 // package (no sync logic here). Query parameters: topics=a,b (default runtime.run_summaries),
 // db=<IndexedDB name>, token=<app token> (default dev-app-token), persist=0 for memory only,
-// pkg=<URL of the package's index.js>. Served by the dev server under /web/ (same origin).
+// tabs=0 to sync in this tab alone (no multi-tab sharing), pkg=<URL of the package's index.js>. Served by the dev server under /web/ (same origin).
 const params = new URLSearchParams(location.search);
 const pkgUrl = params.get('pkg') ?? '../../bindings-wasm/pkg/index.js';
 const { KhalaSync } = await import(pkgUrl);
@@ -16,6 +16,8 @@ const docs = new Map(); // key -> {version, watermark, value}
 function renderStatus(s) {
   $('state').textContent = s.state;
   $('state').dataset.state = s.state;
+  $('role').textContent = s.role;
+  $('role').dataset.role = s.role;
   $('transport').textContent = s.transport;
   $('error').textContent = s.lastError ? `${s.lastError.code}: ${s.lastError.message}` : '';
   const body = $('topics').tBodies[0];
@@ -62,16 +64,18 @@ const client = await KhalaSync.open({
   credentials: async () => ({ Authorization: `Bearer ${appToken}` }),
   dbName: params.get('db') ?? 'khala-web-shell',
   persist: params.get('persist') !== '0',
+  multiTab: params.get('tabs') !== '0',
 });
 $('store').textContent = client.persistent ? 'IndexedDB' : 'memory';
 $('doc-topic').textContent = shown;
 client.onStatus(renderStatus);
 await reload(); // what a previous session persisted is visible before any network
-window.khala = { client, docs, changes: 0 };
+window.khala = { client, docs, changes: 0, log: [] }; // log: every change seen, in order
 const changes = client.changes(shown);
 client.start();
 for await (const c of changes) {
   window.khala.changes += 1;
+  window.khala.log.push(`${c.type} ${c.key ?? ''} v${c.version ?? '-'} @${c.watermark}`);
   $('last-change').textContent = `${c.type} ${c.key ?? ''} @${c.watermark}`;
   if (c.type === 'upsert') docs.set(c.key, c);
   else if (c.type === 'delete') docs.delete(c.key);
