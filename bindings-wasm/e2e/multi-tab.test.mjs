@@ -191,3 +191,83 @@ test('Web Locks unavailable: every tab syncs on its own (documented fallback) an
   for (const p of pages) assert.deepEqual(p.errors, []);
   await ctx.close();
 });
+
+// Headless Chromium keeps every page visible and does not fire `freeze` for a visible page
+// (CDP Page.setWebLifecycleState(frozen) stops its tasks silently), so this test dispatches the
+// lifecycle events the browser sends a background tab — `visibilitychange` with
+// `visibilityState` 'hidden', `freeze`, `resume` — and checks the client's reaction on the
+// server: a hidden leader keeps its socket and keeps applying; `freeze` closes the socket;
+// `resume` reconnects and resumes from the committed watermark without a snapshot.
+test('page lifecycle: hidden leader keeps syncing; freeze closes the socket; resume reconnects without a snapshot', async () => {
+  const ctx = await browser.newContext();
+  await socketsSettle(0);
+  const page = await openShell(ctx, server, { db: 'e2e-freeze' });
+  assert.equal(await role(page), 'leader');
+  await socketsSettle(1);
+  const fire = (name, target = 'document') => page.evaluate(([n, t]) => {
+    (t === 'window' ? window : document).dispatchEvent(new Event(n));
+  }, [name, target]);
+
+  await page.evaluate(() => Object.defineProperty(document, 'visibilityState', { value: 'hidden', configurable: true }));
+  await fire('visibilitychange');
+  const hiddenKey = 'runtime/run_summary:hidden-1';
+  await server.publish(hiddenKey, { run_id: hiddenKey, status: 'running' });
+  await rowVersion(page, hiddenKey, 1);
+  assert.equal((await socketsSettle(1)).connections_current, 1, 'a hidden leader keeps its socket');
+
+  const before = await clientMetrics(page);
+  await fire('freeze');
+  await page.waitForFunction(() => window.khala.client.status().state === 'paused');
+  await socketsSettle(0);
+  const key = 'runtime/run_summary:frozen-1';
+  await server.publish(key, { run_id: key, status: 'running' });
+  await page.waitForTimeout(300);
+  assert.equal(await page.locator(`#docs tr[data-key="${key}"]`).count(), 0, 'nothing arrives while frozen');
+  const m0 = await server.metrics();
+  await page.evaluate(() => Object.defineProperty(document, 'visibilityState', { value: 'visible', configurable: true }));
+  await fire('resume');
+  await rowVersion(page, key, 1);
+  await waitLive(page);
+  const m = await clientMetrics(page);
+  assert.equal(m.connects, before.connects + 1, `connects ${before.connects} -> ${m.connects}`);
+  assert.equal(m.snapshots, before.snapshots, 'resumed from the committed watermark, no snapshot');
+  const m1 = await socketsSettle(1);
+  assert.equal(m1.subscribes_with_resume - m0.subscribes_with_resume, 1);
+  assert.equal(m1.snapshots_started - m0.snapshots_started, 0);
+
+  // pagehide (entering the back/forward cache) and pageshow behave the same way.
+  await fire('pagehide', 'window');
+  await socketsSettle(0);
+  await fire('pageshow', 'window');
+  await waitLive(page);
+  assert.equal((await socketsSettle(1)).connections_current, 1);
+  assert.equal((await clientMetrics(page)).snapshots, before.snapshots);
+  assert.deepEqual(page.errors, []);
+  await ctx.close();
+});
+
+test('online: a leader waiting in backoff reconnects at once (backoff reset)', async () => {
+  const ctx = await browser.newContext();
+  await socketsSettle(0);
+  // 10-minute backoff window, fixed jitter seed: the scheduled retry is far away.
+  const page = await openShell(ctx, server, { db: 'e2e-online', backoff: '600000', seed: '7' });
+  const before = await clientMetrics(page);
+  await server.faults({ restart: true }); // the server drops every socket
+  await page.waitForFunction(() => window.khala.client.status().state === 'backoff');
+  const wait = await page.evaluate(() => window.khala.client.status().nextRetryAt - Date.now());
+  assert.ok(wait > 5_000, `next retry in ${wait} ms`);
+  const m0 = await server.metrics();
+  const t0 = Date.now();
+  await page.evaluate(() => window.dispatchEvent(new Event('online')));
+  await waitLive(page, 5_000);
+  const took = Date.now() - t0;
+  console.log(`# online: reconnected after ${took} ms (the scheduled retry was ${wait} ms away)`);
+  assert.ok(took < 2_000, `reconnected after ${took} ms`);
+  const m = await clientMetrics(page);
+  assert.equal(m.connects, before.connects + 1, 'exactly one new connection attempt');
+  assert.equal(m.snapshots, before.snapshots, 'no snapshot');
+  const m1 = await socketsSettle(1);
+  assert.equal(m1.subscribes_with_resume - m0.subscribes_with_resume, 1);
+  assert.deepEqual(page.errors, []);
+  await ctx.close();
+});

@@ -223,49 +223,50 @@ impl Running {
     fn on_command(&mut self, cmd: Command) {
         let was_paused = self.paused();
         match cmd {
-            Command::AppPaused(p) => self.app_paused = p,
+            Command::AppPaused(p) => {
+                self.app_paused = p;
+                self.resume_or_pause(was_paused);
+            }
             Command::Frozen(f) => {
-                if self.frozen == f {
-                    return; // e.g. the first `pageshow` of a page load
-                }
-                self.frozen = f;
-                if !f {
-                    self.resume_or_pause(was_paused);
-                    self.feed(Event::NetworkChanged);
-                    return;
+                if self.frozen != f {
+                    // (The first `pageshow` of a page load changes nothing.)
+                    self.frozen = f;
+                    self.lifecycle(was_paused, !f);
                 }
             }
             Command::Offline(o) => {
                 self.offline = o;
-                if !o {
-                    // Back online: also retry now if a connection attempt is waiting.
-                    let was = was_paused;
-                    self.resume_or_pause(was);
-                    self.feed(Event::NetworkChanged);
-                    return;
-                }
+                self.lifecycle(was_paused, !o);
             }
-            Command::NetworkChanged => {
-                self.feed(Event::NetworkChanged);
-                return;
-            }
-            Command::Shutdown(_) => return,
+            Command::NetworkChanged => self.feed(Event::NetworkChanged),
+            Command::Shutdown(_) => {}
         }
-        self.resume_or_pause(was_paused);
     }
 
     fn paused(&self) -> bool {
         self.app_paused || self.offline || self.frozen
     }
 
+    /// App `pause()`/`resume()`.
     fn resume_or_pause(&mut self, was_paused: bool) {
-        let paused = self.paused();
-        match (was_paused, paused) {
+        match (was_paused, self.paused()) {
             (false, true) => self.feed(Event::Pause),
             (true, false) => self.feed(Event::Resume),
             // `resume()` while running also retries after an auth failure.
             (false, false) => self.feed(Event::Resume),
             (true, true) => {}
+        }
+    }
+
+    /// Browser `online`/`offline`, `freeze`/`resume`, `pagehide`/`pageshow`. Leaving the
+    /// paused state resumes (the engine reconnects at once with the backoff reset); `back`
+    /// (online / resume) while not paused is a network change: retry now if not connected.
+    fn lifecycle(&mut self, was_paused: bool, back: bool) {
+        match (was_paused, self.paused()) {
+            (false, true) => self.feed(Event::Pause),
+            (true, false) => self.feed(Event::Resume),
+            (false, false) if back => self.feed(Event::NetworkChanged),
+            _ => {}
         }
     }
 

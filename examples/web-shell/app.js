@@ -1,7 +1,8 @@
 // The web shell: status, bootstrap progress and a live document list, all from the khala-sync
 // package (no sync logic here). Query parameters: topics=a,b (default runtime.run_summaries),
 // db=<IndexedDB name>, token=<app token> (default dev-app-token), persist=0 for memory only,
-// tabs=0 to sync in this tab alone (no multi-tab sharing), pkg=<URL of the package's index.js>. Served by the dev server under /web/ (same origin).
+// tabs=0 to sync in this tab alone (no multi-tab sharing), backoff=<ms> (reconnect backoff base
+// and cap), seed=<n> (backoff jitter seed), pkg=<URL of the package's index.js>. Served by the dev server under /web/ (same origin).
 const params = new URLSearchParams(location.search);
 const pkgUrl = params.get('pkg') ?? '../../bindings-wasm/pkg/index.js';
 const { KhalaSync } = await import(pkgUrl);
@@ -65,6 +66,8 @@ const client = await KhalaSync.open({
   dbName: params.get('db') ?? 'khala-web-shell',
   persist: params.get('persist') !== '0',
   multiTab: params.get('tabs') !== '0',
+  ...(params.has('seed') ? { jitterSeed: Number(params.get('seed')) } : {}),
+  ...(params.has('backoff') ? { backoffBaseMs: Number(params.get('backoff')), backoffCapMs: Number(params.get('backoff')) } : {}),
 });
 $('store').textContent = client.persistent ? 'IndexedDB' : 'memory';
 $('doc-topic').textContent = shown;
