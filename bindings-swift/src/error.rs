@@ -306,6 +306,7 @@ mod tests {
                 topic: topic(),
                 snapshots: 2,
             },
+            SyncError::Protocol(khala_sync::protocol::ProtocolError::InvalidHash("test")),
             SyncError::Store(StoreError::DiskFull),
             SyncError::Store(StoreError::Busy),
             SyncError::Store(StoreError::Foreign),
