@@ -144,9 +144,59 @@ test('three tabs: one socket, same live changes, leader hand-off within 2 s with
   assert.deepEqual(tail[1], tail[0], 'both remaining pages saw the hand-off changes once');
 
   await assertMatchesServer([b, c]);
+
+  // close() on the leader hands over at once too (the page stays open).
+  const t1 = Date.now();
+  await leader.evaluate(() => window.khala.client.close());
+  await follower.waitForFunction(() => window.khala.client.role === 'leader', null, { timeout: 5_000 });
+  await waitLive(follower, 5_000);
+  console.log(`# close(): the last follower leads and is live ${Date.now() - t1} ms later (incl. polling)`);
+  assert.equal((await clientMetrics(follower)).snapshots, 0);
+  assert.equal((await socketsSettle(1)).connections_current, 1);
+  await server.publish('runtime/run_summary:tabs-6', { status: 'queued' });
+  await rowVersion(follower, 'runtime/run_summary:tabs-6', 1);
+  await assertMatchesServer([follower]);
+
   for (const p of pages) assert.deepEqual(p.errors, []);
   await ctx.close();
   await socketsSettle(0);
+});
+
+test('leader crash: the renderer dies, a follower takes over within 2 s without a snapshot', async () => {
+  const db = 'e2e-crash';
+  const ctx = await browser.newContext();
+  await socketsSettle(0);
+  const a = await openShell(ctx, server, { db });
+  const b = await openShell(ctx, server, { db });
+  assert.deepEqual([await role(a), await role(b)], ['leader', 'follower']);
+  await socketsSettle(1);
+  await b.evaluate(() => {
+    window.handoff = {};
+    window.khala.client.onStatus((s) => {
+      if (s.role === 'leader' && s.live && s.state === 'connected') window.handoff.live ??= Date.now();
+    });
+  });
+  const m0 = await server.metrics();
+  const cdp = await ctx.newCDPSession(a);
+  const t0 = Date.now();
+  cdp.send('Page.crash').catch(() => {}); // no pagehide, no close frame: the process is gone
+  await b.waitForFunction(() => window.handoff.live, null, { timeout: 5_000 });
+  const took = (await b.evaluate(() => window.handoff.live)) - t0;
+  console.log(`# crash: follower leads and is live after ${took} ms`);
+  assert.ok(took < 2_000, `live after ${took} ms`);
+  const key = 'runtime/run_summary:crash-1';
+  await server.publish(key, { run_id: key, status: 'running' });
+  await rowVersion(b, key, 1);
+  const m = await clientMetrics(b);
+  assert.equal(m.snapshots, 0);
+  assert.equal(m.duplicatesSkipped, 0);
+  assert.equal(m.updatesApplied, 1);
+  const m1 = await socketsSettle(1);
+  assert.equal(m1.snapshots_started - m0.snapshots_started, 0);
+  assert.equal(m1.subscribes_with_resume - m0.subscribes_with_resume, 1);
+  await assertMatchesServer([b]);
+  assert.deepEqual(b.errors, []);
+  await ctx.close();
 });
 
 test('Web Locks unavailable: every tab syncs on its own (documented fallback) and all converge', async () => {
