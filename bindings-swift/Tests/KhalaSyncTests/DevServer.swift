@@ -101,6 +101,17 @@ final class DevServer: @unchecked Sendable {
         return head.uint64Value
     }
 
+    /// A global counter of `GET /internal/v1/khala/fanout/metrics` (e.g. `connections_current`).
+    func metric(_ name: String) async throws -> UInt64 {
+        let (status, data) = try await request(
+            path: "/internal/v1/khala/fanout/metrics", method: "GET", body: nil)
+        guard status == 200,
+              let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let value = obj[name] as? NSNumber
+        else { throw TestFailure("metrics failed: HTTP \(status), no \(name)") }
+        return value.uint64Value
+    }
+
     private func jsonString(_ s: String) -> String {
         let data = (try? JSONSerialization.data(withJSONObject: [s])) ?? Data("[\"\"]".utf8)
         return String(String(decoding: data, as: UTF8.self).dropFirst().dropLast())

@@ -126,6 +126,11 @@ final class KhalaSyncTests: XCTestCase {
         let metrics = second.metrics
         XCTAssertEqual(metrics.snapshots, 0, "resumed from the watermark, no second snapshot")
         XCTAssertEqual(metrics.snapshotDocs, 0)
+        // The server agrees: one snapshot in total (the first run's), and a resumed subscribe.
+        let snapshotsServed = try await server.metric("snapshots_started")
+        XCTAssertEqual(snapshotsServed, 1)
+        let resumedSubscribes = try await server.metric("subscribes_with_resume")
+        XCTAssertGreaterThanOrEqual(resumedSubscribes, 1)
         let doc = try await second.document(topic: topic, key: "runtime/run_summary:r2")
         XCTAssertEqual(doc?.payload, #"{"v":2}"#)
         await second.shutdown()
@@ -220,6 +225,9 @@ final class KhalaSyncTests: XCTestCase {
 
         await client.pause()
         _ = try await waitForStatus(client, "paused") { $0.state == .paused }
+        try await eventually("the server sees the socket closed while paused") {
+            (try? await server.metric("connections_current")) == 0
+        }
         let key = "runtime/run_summary:while-paused"
         let mark = try await server.publish(topic: topic, key: key, payloadJSON: #"{"paused":true}"#)
         try await Task.sleep(nanoseconds: 1_000_000_000)
@@ -239,6 +247,8 @@ final class KhalaSyncTests: XCTestCase {
         let doc = try await client.document(topic: topic, key: key)
         XCTAssertEqual(doc?.watermark, mark)
         XCTAssertGreaterThan(client.metrics.connects, connects, "resume reconnected")
+        let openSockets = try await server.metric("connections_current")
+        XCTAssertEqual(openSockets, 1)
         XCTAssertEqual(client.metrics.snapshots, 1, "resume continues from the watermark")
         await client.shutdown()
     }
@@ -282,6 +292,12 @@ final class KhalaSyncTests: XCTestCase {
         let gotOne = try await broke.value
         XCTAssertTrue(gotOne)
         try await eventually("listener released after break") {
+            client.activeListeners == 0 && client.changeListenerCount == 0
+        }
+
+        // A stream that is never iterated releases its listener when dropped.
+        do { _ = try client.changes(topic: topic) }
+        try await eventually("an unused stream releases its listener") {
             client.activeListeners == 0 && client.changeListenerCount == 0
         }
 
