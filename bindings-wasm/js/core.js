@@ -67,6 +67,8 @@ class ChangeQueue {
  * iterators from it and read documents from the shared IndexedDB store. When the leader tab
  * goes away the lock passes to a waiting tab, which starts its (so far idle) driver: the engine
  * binds the store, reads the committed watermarks and resumes from them like a page reload.
+ * Without Web Locks (role 'standalone') every tab runs its own driver and the channel only
+ * carries committed changes, so each tab's changes() also reports what the others wrote.
  * This class only moves messages; it makes no sync decision.
  */
 class TabRelay {
@@ -139,7 +141,7 @@ class TabRelay {
     this.#inner.onStatus((s) => {
       if (this.#closed) return;
       this.#metrics = this.#inner.metrics();
-      this.#post({ t: 'status', s, m: this.#metrics });
+      if (this.#role === 'leader') this.#post({ t: 'status', s, m: this.#metrics });
       this.#setStatus(s);
     });
     this.#inner.start();
