@@ -27,7 +27,8 @@ final class DevServer: @unchecked Sendable {
     private let process: Process
     private let logURL: URL
 
-    init(seedDocs: Int = 0) throws {
+    /// `port` 0 picks a free one; a fixed port restarts a server where a stopped one was.
+    init(seedDocs: Int = 0, port: UInt16 = 0) throws {
         guard let binary = ProcessInfo.processInfo.environment["KHALA_DEV_SERVER"] else {
             throw TestFailure("KHALA_DEV_SERVER is not set (path of the khala-dev-server binary)")
         }
@@ -39,7 +40,7 @@ final class DevServer: @unchecked Sendable {
         let log = try FileHandle(forWritingTo: logURL)
         process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--port", "0", "--seed-docs", String(seedDocs)]
+        process.arguments = ["--port", String(port), "--seed-docs", String(seedDocs)]
         var env = ProcessInfo.processInfo.environment
         env["RUST_LOG"] = "warn"
         process.environment = env
@@ -89,6 +90,19 @@ final class DevServer: @unchecked Sendable {
             throw TestFailure("publish failed: HTTP \(status) \(String(decoding: data, as: UTF8.self))")
         }
         return mark.uint64Value
+    }
+
+    /// The listening port (from `baseURL`).
+    var port: UInt16 {
+        UInt16(baseURL.split(separator: ":").last.map(String.init) ?? "") ?? 0
+    }
+
+    /// `POST /dev/faults` with a JSON object of switches (tests/dev-server/README.md).
+    func faults(_ json: String) async throws {
+        let (status, data) = try await post(path: "/dev/faults", body: json)
+        guard status == 200 else {
+            throw TestFailure("faults failed: HTTP \(status) \(String(decoding: data, as: UTF8.self))")
+        }
     }
 
     /// `GET /dev/state/{topic}` head watermark.

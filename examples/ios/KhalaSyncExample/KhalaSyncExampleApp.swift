@@ -15,6 +15,8 @@ struct KhalaSyncExampleApp: App {
             ContentView(model: model)
                 .task { await model.run() }
         }
+        // Lifecycle contract: background → pause (socket closed, local reads keep working),
+        // active → resume (reconnects, continues from the watermark); .inactive is ignored.
         .onChange(of: scenePhase) { phase in
             Task { await model.scenePhaseChanged(phase) }
         }
@@ -31,6 +33,9 @@ final class RunSummariesModel: ObservableObject {
     @Published private(set) var errorText: String?
 
     private var client: KhalaSyncClient?
+    /// NWPathMonitor → `client.networkPathChanged(_:)`: a usable network path makes a client
+    /// that is waiting in backoff reconnect at once.
+    private var reachability: KhalaReachability?
 
     /// Starts syncing and follows status and changes until the view goes away.
     func run() async {
@@ -42,6 +47,7 @@ final class RunSummariesModel: ObservableObject {
                 // storage: defaults to Application Support/KhalaSync/khala-sync.sqlite
             ))
             self.client = client
+            reachability = KhalaReachability(client: client)
             list.reload(try await client.documents(topic: Self.topic)) // offline-first: local copy
             let changes = try client.changes(topic: Self.topic)
             try await client.start()
@@ -67,14 +73,13 @@ final class RunSummariesModel: ObservableObject {
         }
     }
 
-    /// Background → pause (local reads keep working); foreground → resume.
+    /// `.background` → `pause()`, `.active` → `resume()`, `.inactive` → nothing (see
+    /// bindings-swift/README.md "Lifecycle"; `client.handleScenePhase(phase)` does the same in
+    /// one call). The phase is mapped here, on the main actor, so only the `Sendable`
+    /// `AppLifecycle` crosses into the client.
     func scenePhaseChanged(_ phase: ScenePhase) async {
-        guard let client else { return }
-        switch phase {
-        case .background: await client.pause()
-        case .active: await client.resume()
-        default: break
-        }
+        guard let client, let lifecycle = AppLifecycle(phase) else { return }
+        await client.handleLifecycle(lifecycle)
     }
 }
 
