@@ -64,7 +64,9 @@ final class LifecycleTests: XCTestCase {
         let bootstrapped = try await client.documents(topic: topic).count
         XCTAssertGreaterThan(bootstrapped, 0)
 
-        // Activation of an app that is already syncing: no reconnect.
+        // Activation of an app that is already syncing: no reconnect. (Metrics are published
+        // right after the status; wait for the connect to be counted.)
+        try await eventually("the connect counted") { client.metrics.connects >= 1 }
         let connects = client.metrics.connects
         let accepted = try await server.metric("connections_accepted_total")
         await client.handleLifecycle(.foreground)
@@ -116,7 +118,9 @@ final class LifecycleTests: XCTestCase {
             let doc = try await client.document(topic: topic, key: key)
             XCTAssertEqual(doc?.watermark, mark)
         }
-        XCTAssertGreaterThan(client.metrics.connects, connects, "foreground reconnected")
+        try await eventually("foreground reconnected (connects grew)") {
+            client.metrics.connects > connects
+        }
         XCTAssertEqual(client.metrics.snapshots, 1, "caught up from the watermark, no second snapshot")
         let snapshotsServed = try await server.metric("snapshots_started")
         XCTAssertEqual(snapshotsServed, 1)
@@ -139,6 +143,7 @@ final class LifecycleTests: XCTestCase {
         try await client.start()
         _ = try await waitForStatus(client, "live") { $0.isLive }
         let port = first.port
+        try await eventually("the connect counted") { client.metrics.connects >= 1 }
         let connectsBefore = client.metrics.connects
 
         first.stop()
@@ -164,7 +169,7 @@ final class LifecycleTests: XCTestCase {
         print("network change → connected in \(Int(reconnectSeconds * 1000)) ms; the scheduled retry was \(Int(waitLeft * 1000)) ms away")
         XCTAssertLessThan(reconnectSeconds, 2, "reconnected at once")
         XCTAssertLessThan(reconnectSeconds, waitLeft / 4, "far before the scheduled retry")
-        XCTAssertGreaterThan(client.metrics.connects, connectsBefore)
+        try await eventually("the reconnect counted") { client.metrics.connects > connectsBefore }
         let accepted = try await second.metric("connections_accepted_total")
         XCTAssertGreaterThanOrEqual(accepted, 1)
         _ = try await waitForStatus(client, "live on the restarted server", timeout: 10) { $0.isLive }
@@ -200,6 +205,7 @@ final class LifecycleTests: XCTestCase {
         XCTAssertLessThan(liveSeconds, waitLeft / 4, "far before the scheduled retry")
         let minted = try await server.metric("tokens_minted")
         XCTAssertEqual(minted, 1)
+        try await eventually("the connect counted") { client.metrics.connects >= 1 }
         XCTAssertEqual(client.metrics.connects, 1)
         await client.shutdown()
     }
