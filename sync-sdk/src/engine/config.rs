@@ -38,6 +38,11 @@ pub struct EngineConfig {
     pub decode_limits: DecodeLimits,
     /// Seed of the jitter RNG (drivers pass OS randomness; tests a constant).
     pub seed: u64,
+    /// Largest group commit, in updates. While one commit is in flight, the batches that
+    /// arrive queue up (up to this many updates) and are committed together, coalesced per
+    /// document; a crash re-replays at most one group. Bigger groups write fewer SQLite
+    /// pages per update (faster catch-up) and hold more in memory. Default 8,000.
+    pub group_commit_max_updates: usize,
 }
 
 impl EngineConfig {
@@ -58,6 +63,7 @@ impl EngineConfig {
             connect_timeout: Duration::from_secs(15),
             decode_limits: DecodeLimits::default(),
             seed: 0x6b68_616c_6173_796e,
+            group_commit_max_updates: 8_000,
         }
     }
 }

@@ -173,6 +173,21 @@ impl Engine {
         self.actions.pop_front()
     }
 
+    /// Whether the engine wants more inbound frames now. While a commit is in flight,
+    /// received batches queue up to form the next group commit; once the queues hold
+    /// [`EngineConfig::group_commit_max_updates`] updates the driver should leave frames in
+    /// its (bounded) channel, so a slow store becomes backpressure on the socket rather than
+    /// memory.
+    pub fn wants_frames(&self) -> bool {
+        let queued: usize = self
+            .topics
+            .iter()
+            .flat_map(|t| t.queue.iter())
+            .map(Vec::len)
+            .sum();
+        queued < self.cfg.group_commit_max_updates
+    }
+
     /// Earliest deadline at which [`Event::Timer`] must be delivered.
     pub fn poll_timeout(&self) -> Option<Millis> {
         if matches!(
@@ -1262,6 +1277,12 @@ impl Engine {
             let Some(snap) = self.topics[i].snapshot.as_mut() else {
                 return;
             };
+            if snap.storing {
+                // Fetched ahead: handled once the previous page is stored (pages are stored
+                // in order, the finishing page last).
+                snap.ahead = Some(page);
+                return;
+            }
             let Some(g) = snap.generation else { return };
             generation = g;
             if snap.pinned.is_some_and(|w| w != page.snapshot_watermark) {
@@ -1280,7 +1301,7 @@ impl Engine {
         }
         let mut docs = Vec::with_capacity(page.docs.len());
         for d in page.docs {
-            let payload = hash::payload_text(d.payload.as_deref()).to_owned();
+            let payload = hash::into_payload_string(d.payload);
             let verified = hash::matches(&payload, d.payload_hash.as_ref());
             if !verified {
                 // Rule 3: the snapshot's own copy mismatches too — keep it, mark it.
@@ -1307,6 +1328,13 @@ impl Engine {
             docs,
             finish,
         });
+        if let Some(snap) = self.topics[i].snapshot.as_mut() {
+            snap.storing = true;
+        }
+        if finish.is_none() {
+            // Pipeline: fetch the next page while this one is written.
+            self.fetch_snapshot_page(i);
+        }
     }
 
     fn on_snapshot_stored(&mut self, t: &Topic, r: Result<(), StoreError>) {
@@ -1319,7 +1347,15 @@ impl Engine {
             return;
         }
         if !snap.finishing {
-            self.fetch_snapshot_page(i);
+            // The next page was requested when this one arrived; if it is already here,
+            // store it now.
+            let ahead = self.topics[i].snapshot.as_mut().and_then(|s| {
+                s.storing = false;
+                s.ahead.take()
+            });
+            if let Some(page) = ahead {
+                self.on_snapshot_page(t, Ok(page));
+            }
             return;
         }
         let w = snap.pinned.unwrap_or(Watermark::ZERO);
@@ -1442,9 +1478,9 @@ impl Engine {
                     verified: true,
                 });
             } else {
-                let payload = hash::payload_text(u.payload.as_deref());
+                let payload = hash::into_payload_string(u.payload);
                 let mut verified = true;
-                if !hash::matches(payload, u.payload_hash.as_ref()) {
+                if !hash::matches(&payload, u.payload_hash.as_ref()) {
                     self.metrics.hash_mismatches += 1;
                     if ts.hash_resyncs == 0 {
                         // Rule 3: reject, resync the topic by snapshot once.
@@ -1457,7 +1493,7 @@ impl Engine {
                 writes.push(DocWrite {
                     doc_key: u.doc_key,
                     doc_version: u.doc_version,
-                    payload: Some(payload.to_owned()),
+                    payload: Some(payload),
                     payload_hash: u.payload_hash,
                     watermark: u.watermark,
                     verified,
@@ -1472,6 +1508,13 @@ impl Engine {
             self.run_follow(i, follow);
             return;
         }
+        // While catching up, only the final state of each document is written and notified
+        // (apps want the end state plus progress); live batches keep every change.
+        let (writes, hydrate) = if ts.phase == TopicPhase::Live {
+            (writes, hydrate)
+        } else {
+            coalesce(writes, hydrate)
+        };
         let batch = ApplyBatch {
             topic: ts.topic.clone(),
             expected_watermark: expected,
@@ -1614,11 +1657,19 @@ impl Engine {
                     return;
                 }
                 self.run_follow(i, inflight.follow);
-                while !self.topics[i].busy() {
-                    let Some(next) = self.topics[i].queue.pop_front() else {
-                        break;
-                    };
-                    self.process_updates(i, next);
+                // Group commit: everything that arrived while that apply was in flight goes
+                // into the next transaction (coalesced per document in `process_updates`).
+                // Live traffic arrives one batch at a time and commits at once; a replay
+                // arrives faster than commits and so commits in large groups.
+                while !self.topics[i].busy() && !self.topics[i].queue.is_empty() {
+                    let mut group: Vec<Update> = Vec::new();
+                    while let Some(next) = self.topics[i].queue.pop_front() {
+                        group.extend(next);
+                        if group.len() >= self.cfg.group_commit_max_updates {
+                            break;
+                        }
+                    }
+                    self.process_updates(i, group);
                 }
             }
             Err(StoreError::WatermarkConflict { found, .. }) => {
@@ -1658,6 +1709,43 @@ impl Engine {
                 .push_back(Action::Notify(Notification::Status(s)));
         }
     }
+}
+
+/// Keeps only the newest write of each document (writes are in watermark order, so the last
+/// one per key), preserving order; remaps the indices of writes awaiting hydration. A
+/// superseded hydration-required write needs no fetch at all.
+fn coalesce(writes: Vec<DocWrite>, hydrate: Vec<usize>) -> (Vec<DocWrite>, Vec<usize>) {
+    if writes.len() < 2 {
+        return (writes, hydrate);
+    }
+    let mut last: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(writes.len());
+    for (k, w) in writes.iter().enumerate() {
+        last.insert(w.doc_key.as_str(), k);
+    }
+    if last.len() == writes.len() {
+        return (writes, hydrate);
+    }
+    let keep: Vec<bool> = writes
+        .iter()
+        .enumerate()
+        .map(|(k, w)| last.get(w.doc_key.as_str()) == Some(&k))
+        .collect();
+    drop(last);
+    let mut new_index = vec![usize::MAX; writes.len()];
+    let mut out = Vec::with_capacity(keep.iter().filter(|k| **k).count());
+    for (k, w) in writes.into_iter().enumerate() {
+        if keep[k] {
+            new_index[k] = out.len();
+            out.push(w);
+        }
+    }
+    let hydrate = hydrate
+        .into_iter()
+        .filter(|&k| keep[k])
+        .map(|k| new_index[k])
+        .collect();
+    (out, hydrate)
 }
 
 fn token_error(f: &HttpFailure) -> SyncError {

@@ -45,6 +45,10 @@ pub(super) struct SnapState {
     pub pinned: Option<Watermark>,
     pub docs: u64,
     pub finishing: bool,
+    /// A page is being stored; the next one is fetched meanwhile (one page ahead).
+    pub storing: bool,
+    /// The next page, fetched before the previous one was stored.
+    pub ahead: Option<crate::protocol::http::SnapshotPage>,
 }
 
 #[derive(Debug)]

@@ -18,13 +18,22 @@ use super::http;
 use super::ws::{self, WsCmd};
 use super::CredentialProvider;
 
+/// Bound of the IO → driver channel, in events (frames and HTTP results).
+pub(crate) const IO_CHANNEL_CAPACITY: usize = 256;
+
+/// Bytes of received frames that may wait for the engine. A socket reader takes permits for
+/// each frame before passing it on and the driver returns them once the engine has it, so a
+/// slow store turns into TCP backpressure towards the server (and, there, the slow-consumer
+/// path), not into memory. A frame larger than the budget takes all of it.
+pub(crate) const FRAME_BUDGET_BYTES: usize = 2 << 20;
+
 /// Inputs produced by IO tasks.
 #[allow(clippy::large_enum_variant)] // moved through a channel once; see engine::Event
 #[derive(Debug)]
 pub(crate) enum IoEvent {
     Connected(ConnId, mpsc::UnboundedSender<WsCmd>),
     ConnectFailed(ConnId, HttpFailure),
-    Frame(ConnId, String),
+    Frame(ConnId, String, tokio::sync::OwnedSemaphorePermit),
     Disconnected(ConnId, String),
     FrameTooLarge(ConnId, usize, usize),
     Engine(Event),
@@ -52,6 +61,14 @@ pub(crate) struct Driver {
     pub client_build_id: String,
     pub limits: DecodeLimits,
     pub io_tx: mpsc::Sender<IoEvent>,
+    /// Bytes of received frames not yet handed to the engine (see [`FRAME_BUDGET_BYTES`]).
+    pub frame_budget: Arc<tokio::sync::Semaphore>,
+    /// Results of batch commits running on the store's thread (pipelined: the engine keeps
+    /// decoding and verifying the next frames meanwhile).
+    pub applied_tx: mpsc::UnboundedSender<Event>,
+    pub applied_rx: mpsc::UnboundedReceiver<Event>,
+    /// Commits in flight; awaited before shutdown completes.
+    pub applies: tokio::task::JoinSet<()>,
     pub io_rx: mpsc::Receiver<IoEvent>,
     pub cmd_rx: mpsc::UnboundedReceiver<Command>,
     pub status_tx: watch::Sender<SyncStatus>,
@@ -77,6 +94,7 @@ impl Driver {
         loop {
             self.execute().await;
             if let Some(reply) = shutdown_reply.take() {
+                while self.applies.join_next().await.is_some() {}
                 for (_, tx) in self.conns.drain() {
                     let _ = tx.send(WsCmd::Close);
                 }
@@ -101,12 +119,27 @@ impl Driver {
                         // Every client handle is gone: stop cleanly.
                         self.feed(Event::Shutdown);
                         self.execute().await;
+                        while self.applies.join_next().await.is_some() {}
                         return;
                     }
                 },
-                io = self.io_rx.recv() => {
+                applied = self.applied_rx.recv() => {
+                    if let Some(ev) = applied {
+                        self.feed(ev);
+                    }
+                }
+                // While the engine's queue is full, frames stay in the bounded channel (and the
+                // socket readers wait for frame budget): backpressure, not memory.
+                io = self.io_rx.recv(), if self.engine.wants_frames() => {
                     if let Some(io) = io {
                         self.on_io(io);
+                        // Everything else already received goes to the engine before the
+                        // next store call: frames that arrived during an apply become one
+                        // group commit instead of one transaction each.
+                        while self.engine.wants_frames() {
+                            let Ok(io) = self.io_rx.try_recv() else { break };
+                            self.on_io(io);
+                        }
                     }
                 }
                 () = sleep_until(deadline) => self.feed(Event::Timer),
@@ -121,7 +154,7 @@ impl Driver {
                 self.feed(Event::Connected(id));
             }
             IoEvent::ConnectFailed(id, f) => self.feed(Event::ConnectFailed(id, f)),
-            IoEvent::Frame(id, text) => self.feed(Event::Frame(id, text)),
+            IoEvent::Frame(id, text, _budget) => self.feed(Event::Frame(id, text)),
             IoEvent::FrameTooLarge(conn, size, limit) => {
                 self.conns.remove(&conn);
                 self.feed(Event::FrameTooLarge { conn, size, limit });
@@ -160,6 +193,7 @@ impl Driver {
                         url,
                         self.limits.max_frame_bytes,
                         self.io_tx.clone(),
+                        Arc::clone(&self.frame_budget),
                     ));
                 }
                 Action::Send { conn, text } => {
@@ -173,9 +207,17 @@ impl Driver {
                     }
                 }
                 Action::Apply(batch) => {
-                    let topic = batch.topic.clone();
-                    let r = self.store.apply(batch).await;
-                    self.feed(Event::Applied(topic, r));
+                    // The engine keeps at most one commit per topic in flight; the store's
+                    // thread runs them in order.
+                    let store = Arc::clone(&self.store);
+                    let tx = self.applied_tx.clone();
+                    self.applies.spawn(async move {
+                        let topic = batch.topic.clone();
+                        let r = store.apply(batch).await;
+                        let _ = tx.send(Event::Applied(topic, r));
+                    });
+                    // Reap finished tasks so the set stays small.
+                    while self.applies.try_join_next().is_some() {}
                 }
                 Action::BeginSnapshot(topic) => {
                     let r = self.store.begin_snapshot(topic.clone()).await;

@@ -111,6 +111,9 @@ pub struct ClientOptions {
     pub scopes: Option<Vec<String>>,
     /// Seed of the backoff jitter (default: random per client).
     pub jitter_seed: Option<u64>,
+    /// Largest group commit while catching up, in updates (see
+    /// [`EngineConfig::group_commit_max_updates`]). Default 8,000.
+    pub group_commit_max_updates: usize,
 }
 
 impl Default for ClientOptions {
@@ -132,6 +135,7 @@ impl Default for ClientOptions {
             token_ttl_seconds: None,
             scopes: None,
             jitter_seed: None,
+            group_commit_max_updates: 8_000,
         }
     }
 }
@@ -228,6 +232,7 @@ impl SyncClientBuilder {
         cfg.snapshot_page_limit = opts.snapshot_page_limit;
         cfg.backoff_base = opts.backoff_base;
         cfg.reconnect_spread = opts.reconnect_spread;
+        cfg.group_commit_max_updates = opts.group_commit_max_updates.max(1);
         cfg.backoff_cap = opts.backoff_cap;
         cfg.heartbeat_interval = opts.heartbeat_interval;
         cfg.dead_after = opts.dead_after;
@@ -239,7 +244,8 @@ impl SyncClientBuilder {
         let (status_tx, status_rx) = watch::channel(engine.status());
         let (changes_tx, _) = broadcast::channel(8192);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (io_tx, io_rx) = mpsc::channel(256);
+        let (io_tx, io_rx) = mpsc::channel(driver::IO_CHANNEL_CAPACITY);
+        let (applied_tx, applied_rx) = mpsc::unbounded_channel();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
@@ -247,6 +253,7 @@ impl SyncClientBuilder {
             .map_err(|e| SyncError::Config(format!("HTTP client: {}", e.without_url())))?;
         let ws_http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
             .http1_only()
             .build()
             .map_err(|e| SyncError::Config(format!("HTTP client: {}", e.without_url())))?;
@@ -268,6 +275,10 @@ impl SyncClientBuilder {
             client_build_id: opts.client_build_id.clone(),
             limits: cfg.decode_limits,
             io_tx,
+            frame_budget: Arc::new(tokio::sync::Semaphore::new(driver::FRAME_BUDGET_BYTES)),
+            applied_tx,
+            applied_rx,
+            applies: tokio::task::JoinSet::new(),
             io_rx,
             cmd_rx,
             status_tx,

@@ -69,7 +69,12 @@ pub(crate) async fn run_connection(
     url: SecretUrl,
     max_frame_bytes: usize,
     events: mpsc::Sender<IoEvent>,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
 ) {
+    // Permits for a frame of `len` bytes (at least 1, at most the whole budget).
+    let permits = |len: usize| -> u32 {
+        u32::try_from(len.clamp(1, super::driver::FRAME_BUDGET_BYTES)).unwrap_or(u32::MAX)
+    };
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(max_frame_bytes);
     cfg.max_frame_size = Some(max_frame_bytes);
@@ -101,14 +106,20 @@ pub(crate) async fn run_connection(
             },
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
-                    if events.send(IoEvent::Frame(conn, t.as_str().to_owned())).await.is_err() {
+                    let Ok(permit) = budget.clone().acquire_many_owned(permits(t.len())).await else {
+                        return;
+                    };
+                    if events.send(IoEvent::Frame(conn, t.as_str().to_owned(), permit)).await.is_err() {
                         return;
                     }
                 }
                 Some(Ok(Message::Binary(b))) => {
                     // Phoenix v2 text protocol: a binary frame is only meaningful as UTF-8 JSON.
                     let text = String::from_utf8_lossy(&b).into_owned();
-                    if events.send(IoEvent::Frame(conn, text)).await.is_err() {
+                    let Ok(permit) = budget.clone().acquire_many_owned(permits(text.len())).await else {
+                        return;
+                    };
+                    if events.send(IoEvent::Frame(conn, text, permit)).await.is_err() {
                         return;
                     }
                 }

@@ -209,11 +209,25 @@ pub fn payload_text(raw: Option<&RawValue>) -> &str {
     raw.map_or("null", RawValue::get)
 }
 
+/// The payload's JSON text as an owned `String`, reusing the decoded buffer (no copy);
+/// `null` when absent.
+pub fn into_payload_string(raw: Option<Box<RawValue>>) -> String {
+    raw.map_or_else(|| "null".to_owned(), |r| String::from(Box::<str>::from(r)))
+}
+
 /// True when there is nothing to check (`expected` is `None`) or the canonical hash of
 /// `payload` (JSON text) equals `expected`. A payload that cannot be canonicalised does not
 /// match.
+///
+/// Fast path: most servers send payloads already in canonical form, so the raw bytes are
+/// hashed first; if that digest equals `expected`, the bytes *are* the canonical text (sha256
+/// is collision resistant) and canonicalising is skipped. Otherwise the payload is
+/// canonicalised and hashed as usual.
 pub fn matches(payload: &str, expected: Option<&PayloadHash>) -> bool {
-    expected.is_none_or(|h| PayloadHash::of_json_text(payload).is_ok_and(|c| c == *h))
+    expected.is_none_or(|h| {
+        PayloadHash::of_canonical(payload.as_bytes()) == *h
+            || PayloadHash::of_json_text(payload).is_ok_and(|c| c == *h)
+    })
 }
 
 /// Verifies a raw payload against an expected hash. `None` means the server sent no hash
@@ -221,6 +235,7 @@ pub fn matches(payload: &str, expected: Option<&PayloadHash>) -> bool {
 pub fn verify(raw: &RawValue, expected: Option<&PayloadHash>) -> Result<bool, ProtocolError> {
     match expected {
         None => Ok(true),
-        Some(h) => Ok(PayloadHash::of_json_text(raw.get())? == *h),
+        Some(h) => Ok(PayloadHash::of_canonical(raw.get().as_bytes()) == *h
+            || PayloadHash::of_json_text(raw.get())? == *h),
     }
 }

@@ -95,6 +95,10 @@ pub struct SqliteOptions {
     /// How long to wait for another process's lock before failing with
     /// [`StoreError::Busy`].
     pub busy_timeout: Duration,
+    /// SQLite page cache, KiB (`PRAGMA cache_size = -N`). SQLite's default is 2 MiB; 8 MiB
+    /// holds the working set of a typical topic so catch-up does not re-read pages it just
+    /// wrote (see docs/PERFORMANCE.md).
+    pub cache_size_kib: u32,
 }
 
 impl Default for SqliteOptions {
@@ -102,8 +106,9 @@ impl Default for SqliteOptions {
         SqliteOptions {
             read_only: false,
             synchronous: SqliteSynchronous::Normal,
-            wal_autocheckpoint: 1000,
+            wal_autocheckpoint: 10_000,
             busy_timeout: Duration::from_secs(5),
+            cache_size_kib: 8 * 1024,
         }
     }
 }
@@ -203,6 +208,8 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(map_err)?;
         conn.pragma_update(None, "wal_autocheckpoint", options.wal_autocheckpoint)
+            .map_err(map_err)?;
+        conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))
             .map_err(map_err)?;
         Ok(SqliteStore {
             worker: Arc::new(Worker::spawn(conn)?),

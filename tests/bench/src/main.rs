@@ -89,7 +89,10 @@ fn vm_hwm_kib() -> u64 {
 }
 
 fn bench_options() -> ClientOptions {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
     ClientOptions {
+        // Tuning experiments (docs/PERFORMANCE.md): KHALA_BENCH_GROUP=<updates>.
+        group_commit_max_updates: env("KHALA_BENCH_GROUP").unwrap_or(8_000),
         backoff_base: Duration::from_millis(50),
         backoff_cap: Duration::from_millis(500),
         reconnect_spread: Duration::from_millis(50),
@@ -103,7 +106,20 @@ async fn child_client(server: String, db: PathBuf, topics: Vec<String>, until: V
     let client = SyncClient::builder(server)
         .app_bearer_token(DevServer::APP_TOKEN)
         .topics(topics.iter().map(|t| Topic::new(t).expect("topic")))
-        .database_path(&db)
+        .store(Arc::new(
+            SqliteStore::open(
+                &db,
+                SqliteOptions {
+                    // KHALA_BENCH_CACHE_KIB: SQLite page cache experiments.
+                    cache_size_kib: std::env::var("KHALA_BENCH_CACHE_KIB")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(SqliteOptions::default().cache_size_kib),
+                    ..SqliteOptions::default()
+                },
+            )
+            .expect("open db"),
+        ))
         .options(bench_options())
         .build()
         .expect("client");
@@ -364,9 +380,42 @@ async fn main() {
         note: String::new(),
     });
 
-    // 4. khala-sync catch-up, hash verification on.
+    // 4. khala-sync catch-up, hash verification on. `KHALA_BENCH_PROFILE=<file>` records this
+    // child with `perf record` (cpu-clock; docs/PERFORMANCE.md shows how the profiles were read).
+    let mut one_cmd = match std::env::var_os("KHALA_BENCH_PROFILE") {
+        Some(out) => {
+            let mut c = tokio::process::Command::new("perf");
+            c.args([
+                "record",
+                "-q",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "1999",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+            ])
+            .arg(out)
+            .arg("--")
+            .arg(std::env::current_exe().expect("current exe"));
+            c
+        }
+        None => match std::env::var("KHALA_BENCH_WRAP") {
+            // Any other wrapper, e.g. `strace -f -c -o /tmp/strace.txt`.
+            Ok(w) if !w.trim().is_empty() => {
+                let mut parts = w.split_whitespace();
+                let mut c = tokio::process::Command::new(parts.next().unwrap_or("env"));
+                c.args(parts)
+                    .arg(std::env::current_exe().expect("current exe"));
+                c
+            }
+            _ => me(),
+        },
+    };
     let one = run_child(
-        me().args(["client", "--server", &base, "--db"])
+        one_cmd
+            .args(["client", "--server", &base, "--db"])
             .arg(&db_one)
             .args(["--topics", ONE, "--until"])
             .arg(head_one.to_string()),
@@ -643,15 +692,17 @@ async fn live_and_reconnect(server: &DevServer, dir: &Path, secs: u64) -> (Vec<f
         let due = start + Duration::from_micros(i * 1_000);
         tokio::time::sleep_until(due.into()).await;
         let p = payload(&mut rng, i);
-        let at = Instant::now();
-        let w = server.publish_raw(
+        // One publisher: the next watermark is head + 1. Record it before publishing so a
+        // fast client cannot see the change before its timestamp exists.
+        let next = server.head(LIVE) + 1;
+        if let Ok(mut m) = published.lock() {
+            m.insert(next, Instant::now());
+        }
+        server.publish_raw(
             LIVE,
             &format!("{LIVE}/doc:{:05}", rng.u64(0..10_000)),
             p.get(),
         );
-        if let Ok(mut m) = published.lock() {
-            m.insert(w, at);
-        }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Reconnect-and-resume: restart the server's sockets, time connect → live at the head.

@@ -54,6 +54,8 @@ pub async fn run(
     )
     .map_err(|e| e.to_string())?;
     let mut conn = conn;
+    // Diagnostics: receive and parse only (how fast can the server deliver?).
+    let receive_only = std::env::var_os("KHALA_BENCH_RECEIVE_ONLY").is_some();
     let started = Instant::now();
     let (mut ws, _) = tokio_tungstenite::connect_async(socket_url)
         .await
@@ -79,6 +81,12 @@ pub async fn run(
             continue;
         }
         let batch: Batch<'_> = serde_json::from_str(frame.4.get()).map_err(|e| e.to_string())?;
+        if receive_only {
+            if let Some(u) = batch.updates.last() {
+                last = last.max(u.watermark);
+            }
+            continue;
+        }
         let tx = conn.transaction().map_err(|e| e.to_string())?;
         {
             let mut up = tx

@@ -31,8 +31,17 @@ pub struct CrashConfig {
     pub child: PathBuf,
     /// The SQLite file (kept across kills).
     pub db_path: PathBuf,
-    /// Group-commit settings passed to the child, if any (`KHALA_*` env), for the perf issue.
+    /// Extra environment for the child.
     pub child_env: Vec<(String, String)>,
+    /// Pause between a kill and the next start: the server keeps publishing, so the next run
+    /// starts with a replay backlog of `rate × downtime` events (coalesced group commits).
+    pub downtime: Duration,
+    /// Kill window after the start, ms (random within).
+    pub kill_after_ms: (u64, u64),
+    /// Start one run in `n` with a forced stale cursor (a snapshot); 0 = never.
+    pub stale_every: u32,
+    /// Kill the first run only once it is live (so later runs resume by replay).
+    pub first_run_until_live: bool,
 }
 
 /// Figures of a crash run.
@@ -52,6 +61,8 @@ pub struct CrashReport {
     pub watermark_regressions: u32,
     /// Documents differing from the server after the resumed run (missing, extra or different).
     pub diverged: u64,
+    /// Changes the resumed run delivered twice (same topic and watermark).
+    pub duplicated: u64,
     /// Events published.
     pub events: u64,
     /// Snapshots the server started (first pages).
@@ -69,7 +80,7 @@ impl CrashReport {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         format!(
-            "crash seed={} kills={} by_phase[{}] events={} server_snapshots={} integrity_failures={} docs_ahead_of_watermark={} watermark_regressions={} diverged_after_resume={}",
+            "crash seed={} kills={} by_phase[{}] events={} server_snapshots={} integrity_failures={} docs_ahead_of_watermark={} watermark_regressions={} diverged_after_resume={} duplicated={}",
             self.seed,
             self.kills,
             phases.join(", "),
@@ -79,6 +90,7 @@ impl CrashReport {
             self.docs_ahead_of_watermark,
             self.watermark_regressions,
             self.diverged,
+            self.duplicated,
         )
     }
 
@@ -88,6 +100,7 @@ impl CrashReport {
             && self.docs_ahead_of_watermark == 0
             && self.watermark_regressions == 0
             && self.diverged == 0
+            && self.duplicated == 0
     }
 }
 
@@ -168,7 +181,7 @@ pub async fn run(cfg: CrashConfig) -> CrashReport {
     let mut last_watermarks: BTreeMap<String, u64> = BTreeMap::new();
     for kill in 0..cfg.kills {
         // A third of the runs start with a stale cursor on one topic: that run snapshots.
-        if kill > 0 && rng.u32(0..3) == 0 {
+        if kill > 0 && cfg.stale_every > 0 && rng.u32(0..cfg.stale_every) == 0 {
             server.set_faults(Faults {
                 force_stale: Some(ForceStale {
                     topic: TOPICS[rng.usize(0..TOPICS.len())].to_owned(),
@@ -196,7 +209,11 @@ pub async fn run(cfg: CrashConfig) -> CrashReport {
             let phase = phase.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
+                let echo = std::env::var_os("KHALA_CHAOS_ECHO").is_some();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if echo {
+                        eprintln!("child: {line}");
+                    }
                     if let Ok(mut p) = phase.lock() {
                         *p = line;
                     }
@@ -204,18 +221,36 @@ pub async fn run(cfg: CrashConfig) -> CrashReport {
             });
         }
         // Kill at a random moment: early (token/snapshot), or later (replay/live).
-        let wait = if rng.bool() {
-            rng.u64(20..400)
-        } else {
-            rng.u64(400..1_500)
-        };
+        let (lo, hi) = cfg.kill_after_ms;
+        let wait = rng.u64(lo..hi.max(lo + 1));
+        if kill == 0 && cfg.first_run_until_live {
+            // Let the first run finish its bootstrap, so later runs resume by replay.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline
+                && phase.lock().map(|p| p.as_str() != "live").unwrap_or(false)
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        if std::env::var_os("KHALA_CHAOS_ECHO").is_some() {
+            eprintln!(
+                "kill #{kill} after {wait} ms; server: {:?}",
+                server
+                    .metrics()
+                    .topics
+                    .iter()
+                    .map(|t| (t.topic.clone(), t.head_watermark, t.stale_cursor_count))
+                    .collect::<Vec<_>>()
+            );
+        }
         let _ = child.start_kill(); // SIGKILL
         let _ = child.wait().await;
         let seen = phase.lock().map(|p| p.clone()).unwrap_or_default();
         *report.kills_by_phase.entry(seen).or_default() += 1;
         report.kills += 1;
         check_file(&cfg.db_path, &mut last_watermarks, &mut report);
+        tokio::time::sleep(cfg.downtime).await;
     }
     stop.store(true, Ordering::SeqCst);
     report.events += publisher.await.unwrap_or(0);
@@ -229,6 +264,26 @@ pub async fn run(cfg: CrashConfig) -> CrashReport {
         .options(crate::fast_options(cfg.seed))
         .build()
         .expect("client builds");
+    let mut changes = Box::pin(client.all_changes());
+    let watcher = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        let mut dup = 0u64;
+        while let Some(c) = futures::StreamExt::next(&mut changes).await {
+            let key = match &c {
+                khala_sync::Change::Upsert {
+                    topic, watermark, ..
+                }
+                | khala_sync::Change::Delete {
+                    topic, watermark, ..
+                } => (topic.as_str().to_owned(), watermark.get()),
+                _ => continue,
+            };
+            if !seen.insert(key) {
+                dup += 1;
+            }
+        }
+        dup
+    });
     client.start().expect("client starts");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -248,6 +303,8 @@ pub async fn run(cfg: CrashConfig) -> CrashReport {
         report.problems.extend(first);
     }
     client.shutdown().await;
+    drop(client);
+    report.duplicated = watcher.await.unwrap_or(0);
     report.server_snapshots = server.metrics().snapshots_started;
     report
 }

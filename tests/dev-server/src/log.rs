@@ -42,6 +42,22 @@ pub struct TopicLog {
     base: BTreeMap<String, Arc<Entry>>,
     /// Latest entry per doc key, tombstones included (for versions and the doc route).
     current: BTreeMap<String, Arc<Entry>>,
+    /// The last doc set built by `docs_as_of`: every page of one snapshot asks for the same
+    /// pinned watermark, so it is built once per snapshot instead of once per page.
+    as_of: AsOfCache,
+}
+
+/// A live doc set, sorted by key.
+type DocSet = Arc<BTreeMap<String, Arc<Entry>>>;
+
+/// One cached `docs_as_of` result (not cloned with the log).
+#[derive(Debug, Default)]
+struct AsOfCache(std::sync::Mutex<Option<(u64, DocSet)>>);
+
+impl Clone for AsOfCache {
+    fn clone(&self) -> Self {
+        AsOfCache::default()
+    }
 }
 
 impl TopicLog {
@@ -141,17 +157,38 @@ impl TopicLog {
     }
 
     /// The live doc set as of `watermark` (`floor <= watermark <= head`), sorted by key.
-    pub fn docs_as_of(&self, watermark: u64) -> Option<BTreeMap<String, Arc<Entry>>> {
+    pub fn docs_as_of(&self, watermark: u64) -> Option<DocSet> {
         if watermark < self.floor() || watermark > self.head {
             return None;
         }
-        let mut docs = self.base.clone();
-        for e in self.entries.iter().take_while(|e| e.watermark <= watermark) {
-            if e.deleted {
-                docs.remove(&e.doc_key);
-            } else {
-                docs.insert(e.doc_key.clone(), e.clone());
+        if let Ok(cache) = self.as_of.0.lock() {
+            if let Some((w, docs)) = cache.as_ref() {
+                if *w == watermark {
+                    return Some(Arc::clone(docs));
+                }
             }
+        }
+        let docs = if watermark == self.head {
+            // At the head the live set is the current entries minus tombstones.
+            self.current
+                .iter()
+                .filter(|(_, e)| !e.deleted)
+                .map(|(k, e)| (k.clone(), Arc::clone(e)))
+                .collect()
+        } else {
+            let mut docs = self.base.clone();
+            for e in self.entries.iter().take_while(|e| e.watermark <= watermark) {
+                if e.deleted {
+                    docs.remove(&e.doc_key);
+                } else {
+                    docs.insert(e.doc_key.clone(), e.clone());
+                }
+            }
+            docs
+        };
+        let docs = Arc::new(docs);
+        if let Ok(mut cache) = self.as_of.0.lock() {
+            *cache = Some((watermark, Arc::clone(&docs)));
         }
         Some(docs)
     }
@@ -179,6 +216,8 @@ mod tests {
         let at1 = log.docs_as_of(1);
         assert!(at1.is_some_and(|d| d.len() == 1));
         let at4 = log.docs_as_of(4).unwrap_or_default();
+        let at4_again = log.docs_as_of(4).unwrap_or_default();
+        assert!(Arc::ptr_eq(&at4, &at4_again), "cached per watermark");
         assert_eq!(at4.keys().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(at4.get("a").map(|e| e.doc_version), Some(2));
         assert!(log.docs_as_of(0).is_none());

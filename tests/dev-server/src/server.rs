@@ -131,6 +131,10 @@ impl DevServer {
         let (tx, rx) = oneshot::channel::<()>();
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
+            // Like Phoenix/Cowboy: no Nagle delay on small live frames.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = rx.await;
             });

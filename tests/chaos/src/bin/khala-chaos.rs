@@ -94,6 +94,10 @@ async fn main() {
                 child: child_bin(),
                 db_path: db,
                 child_env: Vec::new(),
+                downtime: Duration::ZERO,
+                kill_after_ms: (20, 1_500),
+                stale_every: 3,
+                first_run_until_live: false,
             })
             .await;
             println!("{}", r.line());
