@@ -6,6 +6,7 @@
 #   scripts/test.sh --skip-swift  # skip the Swift package suite (Debian chroot + swift test)
 #   scripts/test.sh --skip-web    # skip the wasm suites (Node + headless Chromium)
 #   scripts/test.sh --skip-fuzz   # skip the cargo-fuzz runs (10 s per decoder target)
+#   scripts/test.sh --skip-bench  # skip the benchmark smoke run (khala-sync-bench --quick)
 #
 # Every suite writes "<passed> <failed>" to target/test-results/<suite>; the script ends with
 # the totals line "N passed, N failed" over all suites (Rust nextest, Swift, web, ...).
@@ -16,13 +17,15 @@ LINT=1
 SWIFT=1
 WEB=1
 FUZZ=1
+BENCH=1
 for arg in "$@"; do
   case "$arg" in
     --no-lint) LINT=0 ;;
     --skip-swift) SWIFT=0 ;;
     --skip-web) WEB=0 ;;
     --skip-fuzz) FUZZ=0 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --skip-bench) BENCH=0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
@@ -74,6 +77,15 @@ fi
 if [ "$FUZZ" = 1 ]; then
   step "cargo-fuzz: every inbound decoder, 10 s each"
   run_step fuzz scripts/fuzz.sh 10 "$RESULTS/fuzz"
+fi
+
+if [ "$BENCH" = 1 ]; then
+  step "benchmark smoke run: khala-sync-bench --quick (asserts every copy equals the server's)"
+  if cargo run --release --quiet -p khala-sync-bench -- --quick; then
+    echo "1 0" > "$RESULTS/bench"
+  else
+    echo "0 1" > "$RESULTS/bench"
+  fi
 fi
 
 step "unit + integration tests (cargo nextest; reliability figure lines print at the end)"
