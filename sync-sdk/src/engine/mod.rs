@@ -175,7 +175,8 @@ impl Engine {
 
     /// Whether the engine wants more inbound frames now. While a commit is in flight,
     /// received batches queue up to form the next group commit; once the queues hold
-    /// [`EngineConfig::group_commit_max_updates`] updates the driver should leave frames in
+    /// [`EngineConfig::group_commit_max_updates`] updates (or about 3 MiB) the driver should
+    /// leave frames in
     /// its (bounded) channel, so a slow store becomes backpressure on the socket rather than
     /// memory.
     pub fn wants_frames(&self) -> bool {
@@ -185,7 +186,8 @@ impl Engine {
             .flat_map(|t| t.queue.iter())
             .map(Vec::len)
             .sum();
-        queued < self.cfg.group_commit_max_updates
+        let bytes: usize = self.topics.iter().map(|t| t.queued_bytes).sum();
+        queued < self.cfg.group_commit_max_updates && bytes < QUEUE_BYTE_BUDGET
     }
 
     /// Earliest deadline at which [`Event::Timer`] must be delivered.
@@ -973,7 +975,7 @@ impl Engine {
             ts.subscribed_on = Some(c.id);
             ts.resubscribe_pending = true;
             ts.replay_from = ts.committed;
-            ts.queue.clear();
+            ts.clear_queue();
         }
         let r = c.next_ref();
         let text = phoenix::encode_subscribe(
@@ -1115,7 +1117,7 @@ impl Engine {
         let now = self.now;
         let ts = &mut self.topics[i];
         ts.needs_snapshot = true;
-        ts.queue.clear();
+        ts.clear_queue();
         ts.hydration = None;
         ts.phase = TopicPhase::Bootstrapping;
         if ts.stale_streak >= 1 {
@@ -1142,7 +1144,7 @@ impl Engine {
         let ts = &mut self.topics[i];
         ts.needs_snapshot = true;
         ts.phase = TopicPhase::Bootstrapping;
-        ts.queue.clear();
+        ts.clear_queue();
         ts.hydration = None;
         ts.resubscribe_pending = false;
         if ts.subscribed_on.is_some() && ts.subscribed_on == conn_id {
@@ -1425,7 +1427,7 @@ impl Engine {
                 ts.phase = TopicPhase::Replaying;
             }
             if ts.busy() {
-                ts.queue.push_back(ups);
+                ts.push_queue(ups);
                 continue;
             }
             self.process_updates(i, ups);
@@ -1625,7 +1627,7 @@ impl Engine {
     fn schedule_topic_retry(&mut self, i: usize, kind: topic::RetryKind) {
         let now = self.now;
         let ts = &mut self.topics[i];
-        ts.queue.clear();
+        ts.clear_queue();
         let delay = ts.snapshot_backoff.next_delay(&mut self.rng);
         ts.retry_at = Some(now.after(delay));
         ts.retry_kind = kind;
@@ -1663,7 +1665,7 @@ impl Engine {
                 // arrives faster than commits and so commits in large groups.
                 while !self.topics[i].busy() && !self.topics[i].queue.is_empty() {
                     let mut group: Vec<Update> = Vec::new();
-                    while let Some(next) = self.topics[i].queue.pop_front() {
+                    while let Some(next) = self.topics[i].pop_queue() {
                         group.extend(next);
                         if group.len() >= self.cfg.group_commit_max_updates {
                             break;
@@ -1674,14 +1676,14 @@ impl Engine {
             }
             Err(StoreError::WatermarkConflict { found, .. }) => {
                 self.topics[i].committed = found;
-                self.topics[i].queue.clear();
+                self.topics[i].clear_queue();
                 self.resubscribe(i);
             }
             Err(e) => {
                 // Nothing of this batch was written. Surface it and retry from the committed
                 // watermark after a backoff (disk may free up, a lock may clear).
                 self.last_error = Some(SyncError::Store(e));
-                self.topics[i].queue.clear();
+                self.topics[i].clear_queue();
                 self.schedule_topic_retry(i, topic::RetryKind::Resubscribe);
             }
         }
@@ -1710,6 +1712,10 @@ impl Engine {
         }
     }
 }
+
+/// Bytes of queued updates (roughly) above which [`Engine::wants_frames`] says no, whatever
+/// the update count: large payloads make smaller groups.
+const QUEUE_BYTE_BUDGET: usize = 3 << 20;
 
 /// Keeps only the newest write of each document (writes are in watermark order, so the last
 /// one per key), preserving order; remaps the indices of writes awaiting hydration. A

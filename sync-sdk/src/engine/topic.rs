@@ -66,6 +66,8 @@ pub(super) struct TopicState {
     pub inflight: Option<Inflight>,
     pub hydration: Option<Hydration>,
     pub queue: VecDeque<Vec<Update>>,
+    /// Approximate bytes held by `queue` (payloads + keys + per-update overhead).
+    pub queued_bytes: usize,
     pub needs_snapshot: bool,
     pub snapshot: Option<SnapState>,
     /// Snapshots completed in the current stale episode (reset when the topic goes live).
@@ -82,6 +84,26 @@ pub(super) struct TopicState {
 }
 
 impl TopicState {
+    /// Queues updates that arrived while a commit or hydration is in flight.
+    pub fn push_queue(&mut self, ups: Vec<Update>) {
+        self.queued_bytes += ups.iter().map(approx_bytes).sum::<usize>();
+        self.queue.push_back(ups);
+    }
+
+    /// The oldest queued batch.
+    pub fn pop_queue(&mut self) -> Option<Vec<Update>> {
+        let ups = self.queue.pop_front()?;
+        let n = ups.iter().map(approx_bytes).sum::<usize>();
+        self.queued_bytes = self.queued_bytes.saturating_sub(n);
+        Some(ups)
+    }
+
+    /// Drops every queued batch.
+    pub fn clear_queue(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+    }
+
     pub fn new(topic: Topic, base: Duration, cap: Duration) -> Self {
         TopicState {
             topic,
@@ -94,6 +116,7 @@ impl TopicState {
             inflight: None,
             hydration: None,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             needs_snapshot: false,
             snapshot: None,
             stale_streak: 0,
@@ -134,7 +157,7 @@ impl TopicState {
         if self.subscribed_on == Some(id) {
             self.subscribed_on = None;
             self.resubscribe_pending = false;
-            self.queue.clear();
+            self.clear_queue();
             self.hydration = None;
             if matches!(
                 self.phase,
@@ -149,7 +172,7 @@ impl TopicState {
     pub fn detach(&mut self) {
         self.subscribed_on = None;
         self.resubscribe_pending = false;
-        self.queue.clear();
+        self.clear_queue();
         self.hydration = None;
         self.snapshot = None;
         self.retry_at = None;
@@ -183,4 +206,9 @@ impl TopicState {
             error: self.error.clone(),
         }
     }
+}
+
+/// Memory an update holds while queued, roughly (payload, key, struct and allocation overhead).
+fn approx_bytes(u: &Update) -> usize {
+    u.payload.as_ref().map_or(0, |p| p.get().len()) + u.doc_key.as_str().len() + 96
 }

@@ -736,7 +736,8 @@ async fn live_and_reconnect(server: &DevServer, dir: &Path, secs: u64) -> (Vec<f
 }
 
 fn wasm_size() -> Option<(u64, u64)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bindings-wasm/pkg");
+    // bindings-wasm/scripts/build.sh writes the browser build to pkg/web/.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bindings-wasm/pkg/web");
     let wasm = std::fs::read_dir(&root)
         .ok()?
         .filter_map(Result::ok)
