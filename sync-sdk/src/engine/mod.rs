@@ -176,9 +176,8 @@ impl Engine {
     /// Whether the engine wants more inbound frames now. While a commit is in flight,
     /// received batches queue up to form the next group commit; once the queues hold
     /// [`EngineConfig::group_commit_max_updates`] updates (or about 3 MiB) the driver should
-    /// leave frames in
-    /// its (bounded) channel, so a slow store becomes backpressure on the socket rather than
-    /// memory.
+    /// leave frames in its (bounded) channel, so a slow store becomes backpressure on the
+    /// socket rather than memory.
     pub fn wants_frames(&self) -> bool {
         let queued: usize = self
             .topics
