@@ -93,6 +93,8 @@ pub struct Engine {
 
     topics: Vec<TopicState>,
     metrics: Metrics,
+    /// Whether the app listens to changes (see [`Engine::set_change_listeners`]).
+    change_listeners: bool,
     last_error: Option<SyncError>,
     last_status: Option<SyncStatus>,
 }
@@ -127,6 +129,7 @@ impl Engine {
             reconnect_on_token: false,
             topics,
             metrics: Metrics::default(),
+            change_listeners: true,
             last_error: None,
             last_status: None,
         }
@@ -171,6 +174,13 @@ impl Engine {
     /// Next piece of work for the driver.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Tells the engine whether anyone listens to change notifications (default: yes). When
+    /// nobody does, committed batches produce no [`Notification::Changes`] and their payloads
+    /// are not copied into change values (background sync, catch-up with no UI attached).
+    pub fn set_change_listeners(&mut self, listening: bool) {
+        self.change_listeners = listening;
     }
 
     /// Whether the engine wants more inbound frames now. While a commit is in flight,
@@ -1548,10 +1558,13 @@ impl Engine {
 
     fn emit_apply(&mut self, i: usize, batch: ApplyBatch, follow: FollowUp) {
         let ts = &mut self.topics[i];
+        let listening = self.change_listeners;
         ts.inflight = Some(Inflight {
+            writes: batch.writes.len(),
             changes: batch
                 .writes
                 .iter()
+                .filter(|_| listening)
                 .map(|w| match &w.payload {
                     Some(p) => Change::Upsert {
                         topic: ts.topic.clone(),
@@ -1642,7 +1655,7 @@ impl Engine {
                 let ts = &mut self.topics[i];
                 ts.committed = outcome.watermark;
                 self.metrics.batches_committed += 1;
-                self.metrics.updates_applied += inflight.changes.len() as u64;
+                self.metrics.updates_applied += inflight.writes as u64;
                 let changes: Vec<Change> = inflight
                     .changes
                     .into_iter()

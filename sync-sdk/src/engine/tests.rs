@@ -1986,3 +1986,23 @@ fn snapshot_page_fetched_ahead_waits_for_the_previous_store() {
     assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@50]"]);
     assert_eq!(s.wm(A), 50);
 }
+
+#[test]
+fn without_change_listeners_commits_notify_nothing_but_count() {
+    let mut s = Sim::live(&[(A, 10)]);
+    s.e.set_change_listeners(false);
+    let acts = s.batch(
+        C1,
+        A,
+        vec![upd(A, "k1", 1, 11, json!(1)), upd(A, "k2", 1, 12, json!(2))],
+        12,
+    );
+    assert_eq!(kinds(&acts), ["Apply A 10→12"]);
+    assert_eq!(kinds(&s.apply_ok(&acts)), Vec::<String>::new());
+    assert_eq!(s.wm(A), 12);
+    assert_eq!(s.m().updates_applied, 2);
+    // A listener attaches: the next commit is notified again.
+    s.e.set_change_listeners(true);
+    let acts = s.batch(C1, A, vec![upd(A, "k1", 2, 13, json!(3))], 13);
+    assert_eq!(kinds(&s.apply_ok(&acts)), ["Changes(1)"]);
+}

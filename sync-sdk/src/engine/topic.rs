@@ -26,7 +26,10 @@ pub(super) enum RetryKind {
 
 #[derive(Debug)]
 pub(super) struct Inflight {
+    /// Changes to notify once committed (empty when nobody listens).
     pub changes: Vec<Change>,
+    /// Writes in the batch.
+    pub writes: usize,
     pub follow: FollowUp,
 }
 

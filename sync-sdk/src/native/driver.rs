@@ -85,6 +85,9 @@ impl Driver {
 
     fn feed(&mut self, event: Event) {
         let now = self.now();
+        // No subscriber to `changes()`: the engine skips building change values.
+        self.engine
+            .set_change_listeners(self.changes_tx.receiver_count() > 0);
         self.engine.handle(event, now);
     }
 
