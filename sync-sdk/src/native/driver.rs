@@ -27,8 +27,7 @@ pub(crate) const IO_CHANNEL_CAPACITY: usize = 256;
 /// path), not into memory. A frame larger than the budget takes all of it.
 pub(crate) const FRAME_BUDGET_BYTES: usize = 2 << 20;
 
-/// Inputs produced by IO tasks.
-#[allow(clippy::large_enum_variant)] // moved through a channel once; see engine::Event
+/// Inputs produced by the socket tasks (HTTP results and commits use the results channel).
 #[derive(Debug)]
 pub(crate) enum IoEvent {
     Connected(ConnId, mpsc::UnboundedSender<WsCmd>),
@@ -36,7 +35,6 @@ pub(crate) enum IoEvent {
     Frame(ConnId, String, tokio::sync::OwnedSemaphorePermit),
     Disconnected(ConnId, String),
     FrameTooLarge(ConnId, usize, usize),
-    Engine(Event),
 }
 
 /// Inputs from the app.
@@ -64,7 +62,9 @@ pub(crate) struct Driver {
     /// Bytes of received frames not yet handed to the engine (see [`FRAME_BUDGET_BYTES`]).
     pub frame_budget: Arc<tokio::sync::Semaphore>,
     /// Results of batch commits running on the store's thread (pipelined: the engine keeps
-    /// decoding and verifying the next frames meanwhile).
+    /// decoding and verifying the next frames meanwhile) and of HTTP calls (token, snapshot
+    /// pages, documents). Always read, unlike the frame channel, which waits while the
+    /// engine's queue is full.
     pub applied_tx: mpsc::UnboundedSender<Event>,
     pub applied_rx: mpsc::UnboundedReceiver<Event>,
     /// Commits in flight; awaited before shutdown completes.
@@ -166,7 +166,6 @@ impl Driver {
                 self.conns.remove(&id);
                 self.feed(Event::Disconnected(id, reason));
             }
-            IoEvent::Engine(ev) => self.feed(ev),
         }
     }
 
@@ -288,11 +287,13 @@ impl Driver {
 
     /// Runs an HTTP call as a task; its result comes back as an engine event.
     fn spawn_event(&self, call: impl std::future::Future<Output = Event> + Send + 'static) {
-        let tx = self.io_tx.clone();
+        // Results go through the always-read results channel, never behind frames: a
+        // hydration waiting for its document must not wait for the frame queue to drain.
+        let tx = self.applied_tx.clone();
         tokio::spawn(async move {
             let event = call.await;
             // The driver may have stopped meanwhile: then nobody needs the answer.
-            let _ = tx.send(IoEvent::Engine(event)).await;
+            let _ = tx.send(event);
         });
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt;
 use khala_dev_server::{DevServer, DevServerConfig, Faults, ForceStale};
-use khala_sync::{Change, ConnectionState, TopicPhase};
+use khala_sync::{Change, ClientOptions, ConnectionState, TopicPhase};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -324,6 +324,42 @@ async fn large_payloads_are_hydrated_before_commit() {
     assert!(doc.payload.len() > 8 * 1024);
     assert!(c.metrics().hydrations >= 5, "{:?}", c.metrics());
     assert!(srv.metrics().doc_fetches >= 5);
+    assert_converged(&c, &srv, RUNS).await;
+    c.shutdown().await;
+}
+
+/// Regression: with the frame queue full (small group commits) while a hydration waits for
+/// its document, the document's HTTP result used to queue behind frames the driver had stopped
+/// reading; the topic stalled until the connection was declared dead (45 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hydrations_during_a_full_frame_queue_do_not_stall() {
+    let srv = server(DevServerConfig {
+        hydration_threshold_bytes: 1024,
+        ..fast_config()
+    })
+    .await;
+    seed(&srv, &[RUNS], 10, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    sync_once(&srv, &[RUNS], &db, T).await;
+    // A backlog where every 10th update must be hydrated.
+    let big = "x".repeat(2 * 1024);
+    for i in 0..3_000 {
+        let payload = if i % 10 == 0 {
+            serde_json::json!({"blob": big, "i": i})
+        } else {
+            serde_json::json!({"i": i})
+        };
+        srv.publish(RUNS, &format!("runs/doc:{:04}", i % 500), payload);
+    }
+    let opts = ClientOptions {
+        group_commit_max_updates: 200,
+        ..fast_options()
+    };
+    let c = client_with(&srv, &[RUNS], &db, DevServer::APP_TOKEN, opts);
+    c.start().unwrap();
+    wait_caught_up(&c, &srv, Duration::from_secs(20)).await;
+    assert!(c.metrics().hydrations > 0, "{:?}", c.metrics());
     assert_converged(&c, &srv, RUNS).await;
     c.shutdown().await;
 }
