@@ -20,10 +20,10 @@ after(async () => {
 
 const role = (page) => page.evaluate(() => window.khala.client.role);
 const log = (page) => page.evaluate(() => window.khala.log.slice());
-const rowVersion = (page, key, version) => page.waitForFunction(
+const rowVersion = (page, key, version, timeout = 10_000) => page.waitForFunction(
   ([k, v]) => document.querySelector(`#docs tr[data-key="${k}"]`)?.dataset.version === String(v),
   [key, version],
-  { timeout: 10_000 },
+  { timeout },
 );
 
 /** Waits until the server reports `n` open sockets (closing ones take a moment). */
@@ -220,9 +220,12 @@ test('Web Locks unavailable: every tab syncs on its own (documented fallback) an
   for (const k of keys) await server.publish(k, { run_id: k, status: 'running' });
   await server.publish(keys[1], { run_id: keys[1], status: 'failed' });
   // Every page shows every change (tabs that lost a commit race get it from the winner).
+  // Without Web Locks three writers race on one IndexedDB; a tab whose commit failed retries
+  // after its store backoff, so this fallback gets more time than the leader/follower tests
+  // (one full-suite run in six timed out at 10 s here).
   for (const p of pages) {
-    await rowVersion(p, keys[1], 2);
-    for (const k of [keys[0], keys[2]]) await rowVersion(p, k, 1);
+    await rowVersion(p, keys[1], 2, 30_000);
+    for (const k of [keys[0], keys[2]]) await rowVersion(p, k, 1, 30_000);
   }
   // No change twice and none out of order (a tab that commits several updates in one group
   // reports a document's newest version only, so a page may see fewer than four entries).
