@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use khala_dev_server::{DevServer, DevServerConfig, Faults, ForceStale, PublishItem};
-use khala_sync::{Change, ClientOptions, Metrics, SyncClient, Topic, TopicPhase};
+use khala_sync::{Change, ClientOptions, Metrics, SyncClient, Topic};
 use serde_json::value::RawValue;
 
 use crate::proxy::{FaultProxy, ProxyConfig, ProxyStats};
@@ -276,18 +276,7 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
     proxy.set_clean(true);
     proxy.drop_all();
     let settle_start = Instant::now();
-    let deadline = settle_start + cfg.settle_timeout;
-    loop {
-        let s = client.current_status();
-        let caught_up = s.is_live()
-            && s.topics.iter().all(|t| {
-                t.phase == TopicPhase::Live && t.watermark.get() == server.head(t.topic.as_str())
-            });
-        if caught_up || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    crate::wait_caught_up(&client, &server, cfg.settle_timeout).await;
     let settle_time = settle_start.elapsed();
     // Let the change stream drain.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -311,39 +300,15 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
     let status = client.current_status();
     for t in &topics {
         let topic = Topic::new(t).expect("topic");
-        let local = client.list(topic.clone()).await.expect("list");
-        let local: BTreeMap<String, (u64, String)> = local
-            .into_iter()
-            .map(|d| {
-                (
-                    d.doc_key.as_str().to_owned(),
-                    (d.doc_version, canonical(&d.payload)),
-                )
-            })
-            .collect();
-        let remote = server.state(t);
-        report.docs_compared += remote.len() as u64;
-        for d in &remote {
-            match local.get(&d.doc_key) {
-                Some((v, p)) if *v == d.doc_version && *p == canonical(&d.payload) => {}
-                other => {
-                    report.lost += 1;
-                    if report.diffs.len() < 5 {
-                        report.diffs.push(format!(
-                            "{t}/{}: server v{} local {:?}",
-                            d.doc_key,
-                            d.doc_version,
-                            other.map(|o| o.0)
-                        ));
-                    }
-                }
+        let diff = crate::compare(&client, &server, t).await;
+        report.docs_compared += diff.compared;
+        report.lost += diff.lost;
+        report.extra += diff.extra;
+        for d in diff.first {
+            if report.diffs.len() < 5 {
+                report.diffs.push(d);
             }
         }
-        let remote_keys: HashSet<&str> = remote.iter().map(|d| d.doc_key.as_str()).collect();
-        report.extra += local
-            .keys()
-            .filter(|k| !remote_keys.contains(k.as_str()))
-            .count() as u64;
         let wm = status
             .topics
             .iter()
@@ -361,10 +326,6 @@ pub async fn run(cfg: ChaosConfig) -> ChaosReport {
     report.changes_seen = changes_seen.load(Ordering::Relaxed);
     report.duplicated = duplicated.load(Ordering::Relaxed);
     report
-}
-
-fn canonical(raw: &str) -> String {
-    khala_sync::protocol::hash::canonical_json(raw).unwrap_or_else(|_| raw.to_owned())
 }
 
 /// Injects one fault every ~`every` (exponentially distributed) until `done`.

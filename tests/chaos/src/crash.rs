@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use khala_dev_server::{DevServer, DevServerConfig, Faults, ForceStale, PublishItem};
-use khala_sync::{SyncClient, Topic, TopicPhase};
+use khala_sync::{SyncClient, Topic};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -285,22 +285,11 @@ pub async fn run(cfg: CrashConfig) -> CrashReport {
         dup
     });
     client.start().expect("client starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = client.current_status();
-        let done = s.is_live()
-            && s.topics.iter().all(|t| {
-                t.phase == TopicPhase::Live && t.watermark.get() == server.head(t.topic.as_str())
-            });
-        if done || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::wait_caught_up(&client, &server, Duration::from_secs(60)).await;
     for t in TOPICS {
-        let (diverged, first) = crate::compare(&client, &server, t).await;
-        report.diverged += diverged;
-        report.problems.extend(first);
+        let diff = crate::compare(&client, &server, t).await;
+        report.diverged += diff.lost + diff.extra;
+        report.problems.extend(diff.first);
     }
     client.shutdown().await;
     drop(client);

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use khala_dev_server::DevServer;
-use khala_sync::{ClientOptions, SyncClient, Topic};
+use khala_sync::{ClientOptions, SyncClient, Topic, TopicPhase};
 
 /// Client options that retry quickly (tests), seeded jitter.
 pub fn fast_options(seed: u64) -> ClientOptions {
@@ -29,9 +29,21 @@ pub fn fast_options(seed: u64) -> ClientOptions {
     }
 }
 
-/// Compares the client's copy of `topic` with the server's: returns the number of documents
-/// missing, extra or different, and the first few of them.
-pub async fn compare(client: &SyncClient, server: &DevServer, topic: &str) -> (u64, Vec<String>) {
+/// How the client's copy of one topic differs from the server's.
+#[derive(Debug, Default)]
+pub struct Diff {
+    /// Server documents compared.
+    pub compared: u64,
+    /// Server documents missing locally or different (version or canonical payload).
+    pub lost: u64,
+    /// Local documents the server does not have.
+    pub extra: u64,
+    /// The first few differences.
+    pub first: Vec<String>,
+}
+
+/// Compares the client's copy of `topic` with the server's, document by document.
+pub async fn compare(client: &SyncClient, server: &DevServer, topic: &str) -> Diff {
     let local = client
         .list(Topic::new(topic).expect("topic"))
         .await
@@ -50,13 +62,15 @@ pub async fn compare(client: &SyncClient, server: &DevServer, topic: &str) -> (u
         .into_iter()
         .map(|d| (d.doc_key, (d.doc_version, canonical(&d.payload))))
         .collect();
-    let mut bad = 0u64;
-    let mut first = Vec::new();
+    let mut diff = Diff {
+        compared: remote.len() as u64,
+        ..Diff::default()
+    };
     for (k, v) in &remote {
         if local.get(k) != Some(v) {
-            bad += 1;
-            if first.len() < 5 {
-                first.push(format!(
+            diff.lost += 1;
+            if diff.first.len() < 5 {
+                diff.first.push(format!(
                     "{topic}/{k}: server v{} local {:?}",
                     v.0,
                     local.get(k).map(|l| l.0)
@@ -66,13 +80,33 @@ pub async fn compare(client: &SyncClient, server: &DevServer, topic: &str) -> (u
     }
     for k in local.keys() {
         if !remote.contains_key(k) {
-            bad += 1;
-            if first.len() < 5 {
-                first.push(format!("{topic}/{k}: only local"));
+            diff.extra += 1;
+            if diff.first.len() < 5 {
+                diff.first.push(format!("{topic}/{k}: only local"));
             }
         }
     }
-    (bad, first)
+    diff
+}
+
+/// Waits until every topic of `client` is live at the server's head, or `timeout` passes;
+/// returns whether it got there.
+pub async fn wait_caught_up(client: &SyncClient, server: &DevServer, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = client.current_status();
+        let done = s.is_live()
+            && s.topics.iter().all(|t| {
+                t.phase == TopicPhase::Live && t.watermark.get() == server.head(t.topic.as_str())
+            });
+        if done {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Canonical JSON text (payload comparison independent of key order and spacing).
