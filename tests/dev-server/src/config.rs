@@ -124,6 +124,68 @@ pub struct DevServerConfig {
     pub principals: Vec<Principal>,
     /// `min_client_build_id` reported by `upgrade_required`.
     pub min_client_build_id: String,
+    /// Dialect F (runtime fanout, PROTOCOL.md §6) settings.
+    pub fanout: FanoutConfig,
+    /// Serve the dialect-P Phoenix socket (`/sync/socket/websocket`); `false` → that route
+    /// answers 404 (a fanout-only deployment, for the client's Auto mode).
+    pub phoenix_enabled: bool,
+}
+
+/// Dialect F (runtime fanout) settings. `Default` = PROTOCOL.md §6's reference values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutConfig {
+    /// Messages retained per event topic; older ones are evicted (default 1024).
+    pub ring_capacity: usize,
+    /// Minimum time between two polls of one (subject, topic) (default 250 ms).
+    pub poll_min_interval: Duration,
+    /// Poll `limit` clamp (default 200).
+    pub poll_limit_max: usize,
+    /// Poll `limit` clamp once a subject polls ≥ 2 topics within 10 s (default 50).
+    pub poll_limit_multi_topic: usize,
+    /// A WS batch or poll more than this many events behind head is a strike (default 300).
+    pub slow_consumer_lag_threshold: u64,
+    /// The strike that evicts (default 3).
+    pub slow_consumer_max_strikes: u32,
+    /// Base of `recommended_reconnect_backoff_ms` (default 400).
+    pub reconnect_hint_ms: u64,
+    /// Random jitter added to the hint, `0..=reconnect_jitter_ms` (default 250).
+    pub reconnect_jitter_ms: u64,
+    /// Tokens whose `iat` is older than this are refused with `token_too_old` (default 300 s).
+    pub token_max_age: Duration,
+    /// `Origin` allow-list; `None` = no origin check (default).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Replay budget of `run:<id>:events` (default 20000).
+    pub budget_run_events: u64,
+    /// Replay budget of `worker:<id>:lifecycle` (default 10000).
+    pub budget_worker_lifecycle: u64,
+    /// Replay budget of `runtime.codex_worker_events` (default 3000).
+    pub budget_codex_worker_events: u64,
+    /// Replay budget of any other topic kind (default 500; unused by the three kinds served).
+    pub budget_fallback: u64,
+    /// WS batch size when the upgrade has no `limit` (default 100; clamped to 1..=200).
+    pub ws_default_limit: usize,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            ring_capacity: 1024,
+            poll_min_interval: Duration::from_millis(250),
+            poll_limit_max: 200,
+            poll_limit_multi_topic: 50,
+            slow_consumer_lag_threshold: 300,
+            slow_consumer_max_strikes: 3,
+            reconnect_hint_ms: 400,
+            reconnect_jitter_ms: 250,
+            token_max_age: Duration::from_secs(300),
+            allowed_origins: None,
+            budget_run_events: 20_000,
+            budget_worker_lifecycle: 10_000,
+            budget_codex_worker_events: 3_000,
+            budget_fallback: 500,
+            ws_default_limit: 100,
+        }
+    }
 }
 
 impl Default for DevServerConfig {
@@ -158,7 +220,11 @@ impl Default for DevServerConfig {
                     app_token: "dev-app-token".into(),
                     subject: "user:42".into(),
                     org_id: "org:7".into(),
-                    scopes: all,
+                    scopes: {
+                        let mut s = all;
+                        s.push("runtime.run_events".into());
+                        s
+                    },
                 },
                 Principal {
                     app_token: "dev-app-token-limited".into(),
@@ -169,6 +235,8 @@ impl Default for DevServerConfig {
             ],
             topics,
             min_client_build_id: "2026.02.0".into(),
+            fanout: FanoutConfig::default(),
+            phoenix_enabled: true,
         }
     }
 }

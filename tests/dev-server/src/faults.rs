@@ -1,7 +1,7 @@
 //! Fault switches for tests and the demo (`POST /dev/faults`).
 
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 /// `force_stale`: make a topic stale once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +72,17 @@ pub struct Faults {
     /// The token route mints tokens that are already expired (rejected at upgrade).
     #[serde(default)]
     pub expired_tokens: Option<bool>,
+    /// Dialect F: the WS route answers every upgrade with `502` and a plain-text body (a
+    /// proxy that blocks WebSockets); the poll route is unaffected.
+    #[serde(default)]
+    pub fanout_ws_blocked: Option<bool>,
+    /// Dialect F: the next N requests (poll or upgrade) answer 401 `token_expired`
+    /// (replaces the remaining count; 0 disarms).
+    #[serde(default)]
+    pub fanout_reject_auth: Option<u32>,
+    /// Dialect F: override the minimum poll interval (milliseconds) at runtime.
+    #[serde(default)]
+    pub fanout_poll_min_interval_ms: Option<u64>,
 }
 
 /// The persistent switches as they are now (`GET /dev/faults`).
@@ -103,6 +114,15 @@ pub struct ActiveFaults {
     pub tamper_tokens: bool,
     /// Minted tokens are expired.
     pub expired_tokens: bool,
+    /// Dialect F WS upgrades answer 502.
+    #[serde(default)]
+    pub fanout_ws_blocked: bool,
+    /// Dialect F requests still to be answered 401 `token_expired`.
+    #[serde(default)]
+    pub fanout_reject_auth: u32,
+    /// Dialect F poll interval override (ms), if any.
+    #[serde(default)]
+    pub fanout_poll_min_interval_ms: Option<u64>,
 }
 
 /// Hot switches read by every socket, lock-free.
@@ -120,6 +140,10 @@ pub(crate) struct FaultFlags {
     pub(crate) reorder_next_batch: AtomicBool,
     pub(crate) tamper_tokens: AtomicBool,
     pub(crate) expired_tokens: AtomicBool,
+    pub(crate) fanout_ws_blocked: AtomicBool,
+    pub(crate) fanout_reject_auth: AtomicU32,
+    /// `u64::MAX` = no override.
+    pub(crate) fanout_poll_min_interval_ms: AtomicU64,
 }
 
 /// What the writer does with the next frame under `drop_after_frames`.
@@ -143,6 +167,9 @@ impl Default for FaultFlags {
             reorder_next_batch: AtomicBool::new(false),
             tamper_tokens: AtomicBool::new(false),
             expired_tokens: AtomicBool::new(false),
+            fanout_ws_blocked: AtomicBool::new(false),
+            fanout_reject_auth: AtomicU32::new(0),
+            fanout_poll_min_interval_ms: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -174,6 +201,13 @@ impl FaultFlags {
         }
     }
 
+    /// Consumes one `fanout_reject_auth` slot: `true` when this request must be refused.
+    pub(crate) fn take_reject_auth(&self) -> bool {
+        self.fanout_reject_auth
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     pub(crate) fn reset(&self) {
         self.drop_after_frames.store(-1, Ordering::SeqCst);
         for f in [
@@ -187,9 +221,13 @@ impl FaultFlags {
             &self.reorder_next_batch,
             &self.tamper_tokens,
             &self.expired_tokens,
+            &self.fanout_ws_blocked,
         ] {
             f.store(false, Ordering::SeqCst);
         }
+        self.fanout_reject_auth.store(0, Ordering::SeqCst);
+        self.fanout_poll_min_interval_ms
+            .store(u64::MAX, Ordering::SeqCst);
         self.delay_ms.store(0, Ordering::SeqCst);
     }
 
@@ -211,6 +249,7 @@ impl FaultFlags {
             (f.reorder_next_batch, &self.reorder_next_batch),
             (f.tamper_tokens, &self.tamper_tokens),
             (f.expired_tokens, &self.expired_tokens),
+            (f.fanout_ws_blocked, &self.fanout_ws_blocked),
         ];
         for (value, flag) in pairs {
             if let Some(v) = value {
@@ -219,6 +258,13 @@ impl FaultFlags {
         }
         if let Some(ms) = f.delay_ms {
             self.delay_ms.store(ms, Ordering::SeqCst);
+        }
+        if let Some(n) = f.fanout_reject_auth {
+            self.fanout_reject_auth.store(n, Ordering::SeqCst);
+        }
+        if let Some(ms) = f.fanout_poll_min_interval_ms {
+            self.fanout_poll_min_interval_ms
+                .store(ms.min(u64::MAX - 1), Ordering::SeqCst);
         }
     }
 
@@ -238,6 +284,15 @@ impl FaultFlags {
             reorder_next_batch: Self::get(&self.reorder_next_batch),
             tamper_tokens: Self::get(&self.tamper_tokens),
             expired_tokens: Self::get(&self.expired_tokens),
+            fanout_ws_blocked: Self::get(&self.fanout_ws_blocked),
+            fanout_reject_auth: self.fanout_reject_auth.load(Ordering::SeqCst),
+            fanout_poll_min_interval_ms: match self
+                .fanout_poll_min_interval_ms
+                .load(Ordering::SeqCst)
+            {
+                u64::MAX => None,
+                ms => Some(ms),
+            },
         }
     }
 }

@@ -48,7 +48,7 @@ pub(crate) fn api_error(status: StatusCode, code: &str, message: &str) -> ApiErr
 
 type ApiResult = Result<Response, ApiError>;
 
-fn raw_json(text: String) -> Response {
+pub(crate) fn raw_json(text: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
@@ -56,6 +56,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/sync/token", post(token))
         .route("/sync/socket/websocket", get(ws_handler))
+        .route(
+            "/internal/v1/khala/topics/{topic}/ws",
+            get(crate::fanout::ws_route),
+        )
+        .route(
+            "/internal/v1/khala/topics/{topic}/messages",
+            get(crate::fanout::poll_route),
+        )
+        .route("/dev/events", post(crate::fanout::dev_publish_event))
+        .route("/dev/events/{topic}", get(crate::fanout::dev_events))
         .route("/api/sync/snapshot/{topic}", get(snapshot))
         .route("/api/sync/doc/{topic}/{doc_key}", get(doc))
         .route("/internal/v1/khala/fanout/metrics", get(metrics))
@@ -67,7 +77,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -119,15 +129,24 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
             ));
         }
     }
+    // The scope a topic needs: a dialect-P topic is its own scope; a dialect-F topic
+    // (`run:<id>:events`, `worker:<id>:lifecycle`) needs its kind's scope (§6, §7).
+    let scope_of = |t: &str| -> Option<String> {
+        if cfg.topic(t).is_some() {
+            Some(t.to_owned())
+        } else {
+            crate::fanout::required_scope(t).map(str::to_owned)
+        }
+    };
     if let Some(topics) = &req.topics {
-        if let Some(bad) = topics.iter().find(|t| cfg.topic(t).is_none()) {
+        if let Some(bad) = topics.iter().find(|t| scope_of(t).is_none()) {
             return Err(invalid(&format!("unsupported topic {bad:?}")));
         }
     }
     // Scopes: requested, else those the requested topics need, else all of the principal's.
     let scopes: Vec<String> = match (&req.scopes, &req.topics) {
         (Some(s), _) => dedup(s),
-        (None, Some(t)) => dedup(t),
+        (None, Some(t)) => dedup(&t.iter().filter_map(|t| scope_of(t)).collect::<Vec<_>>()),
         (None, None) => principal.scopes.clone(),
     };
     if let Some(bad) = scopes.iter().find(|s| !principal.scopes.contains(s)) {
@@ -140,7 +159,10 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     let topics: Vec<String> = match &req.topics {
         Some(t) => {
             let t = dedup(t);
-            if let Some(bad) = t.iter().find(|t| !scopes.contains(t)) {
+            if let Some(bad) = t
+                .iter()
+                .find(|t| !scope_of(t).is_some_and(|s| scopes.contains(&s)))
+            {
                 return Err(invalid(&format!(
                     "topic {bad:?} is not covered by the requested scopes"
                 )));
@@ -196,7 +218,7 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     let granted: Vec<Value> = claims
         .oa_sync_topics
         .iter()
-        .map(|t| json!({"topic": t, "required_scope": t}))
+        .map(|t| json!({"topic": t, "required_scope": scope_of(t).unwrap_or_else(|| t.clone())}))
         .collect();
     let body = json!({"data": {
         "token": token,

@@ -19,6 +19,7 @@
 
 mod canonical;
 mod config;
+mod fanout;
 mod faults;
 mod frames;
 mod http;
@@ -35,8 +36,9 @@ mod web;
 pub use canonical::{
     canonical_json, payload_digest, payload_hash, payload_hash_display, payload_hash_of_raw,
 };
-pub use config::{DevServerConfig, Principal, TopicSpec};
+pub use config::{DevServerConfig, FanoutConfig, Principal, TopicSpec};
+pub use fanout::{EventMessage, FanoutRequest, FanoutRequestKind};
 pub use faults::{ActiveFaults, Faults, ForceStale};
-pub use metrics::{MetricsSnapshot, TopicMetrics};
+pub use metrics::{FanoutTopicMetrics, MetricsSnapshot, TopicMetrics};
 pub use server::{DevServer, DocState, TestToken};
 pub use state::{PublishError, PublishItem, Published, ServerState};

@@ -122,4 +122,43 @@ pub struct MetricsSnapshot {
     pub slow_consumer_evictions: u64,
     /// Total stale-cursor topic reports.
     pub stale_cursor_total: u64,
+    /// Dialect F: WebSocket upgrades accepted (101).
+    #[serde(default)]
+    pub fanout_ws_upgrades: u64,
+    /// Dialect F: poll requests (every answer, errors included).
+    #[serde(default)]
+    pub fanout_polls: u64,
+    /// Dialect F: polls answered 429.
+    #[serde(default)]
+    pub fanout_rate_limited: u64,
+    /// Dialect F: slow-consumer evictions (WS `error` frames and poll 409s).
+    #[serde(default)]
+    pub fanout_evictions: u64,
+    /// Dialect F: stale cursors (WS `stale_cursor` frames and poll 410s).
+    #[serde(default)]
+    pub fanout_stale: u64,
+    /// Dialect F: requests answered 401.
+    #[serde(default)]
+    pub fanout_unauthorized: u64,
+    /// Dialect F: messages delivered (WS message frames plus messages in poll pages).
+    #[serde(default)]
+    pub fanout_messages_sent: u64,
+    /// Dialect F: per event topic (sorted by topic; limited by `topic_limit` on the route).
+    #[serde(default)]
+    pub fanout_topics: Vec<FanoutTopicMetrics>,
+}
+
+/// Per-topic metrics of a dialect-F event log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanoutTopicMetrics {
+    /// Topic name.
+    pub topic: String,
+    /// Last sequence (0 if none).
+    pub head_cursor: u64,
+    /// First retained sequence − 1.
+    pub oldest_available_cursor: u64,
+    /// Messages retained.
+    pub retained: u64,
+    /// WebSockets open on the topic.
+    pub subscribers: u64,
 }

@@ -1,6 +1,7 @@
 //! The running server handle ([`DevServer`]).
 
 use crate::config::DevServerConfig;
+use crate::fanout::{EventMessage, FanoutRequest};
 use crate::faults::{ActiveFaults, Faults};
 use crate::http::{make_claims, router};
 use crate::jwt;
@@ -317,10 +318,87 @@ impl DevServer {
         self.shared().expire_tx.send_modify(|v| *v += 1);
     }
 
+    /// Dialect F: appends an event (`payload` serialized compactly) to `topic` and returns its
+    /// sequence.
+    ///
+    /// # Panics
+    /// If `topic` is not a dialect-F topic name (test helper; see
+    /// [`DevServer::try_publish_event_raw`]).
+    pub fn publish_event(&self, topic: &str, kind: &str, payload: serde_json::Value) -> u64 {
+        self.publish_event_raw(topic, kind, &payload.to_string())
+    }
+
+    /// Dialect F: appends an event whose payload is raw JSON text, kept and served
+    /// byte-for-byte; returns its sequence.
+    ///
+    /// # Panics
+    /// If `topic` is not a dialect-F topic name or the text is not JSON (test helper).
+    pub fn publish_event_raw(&self, topic: &str, kind: &str, raw_json: &str) -> u64 {
+        match self.try_publish_event_raw(topic, kind, raw_json) {
+            Ok(seq) => seq,
+            Err(e) => panic!("DevServer::publish_event_raw({topic:?}, {kind:?}): {e}"),
+        }
+    }
+
+    /// Dialect F: like [`DevServer::publish_event_raw`], with a typed error instead of a panic.
+    pub fn try_publish_event_raw(
+        &self,
+        topic: &str,
+        kind: &str,
+        raw_json: &str,
+    ) -> Result<u64, PublishError> {
+        self.shared().fanout.publish(
+            &self.shared().config.fanout,
+            topic,
+            kind,
+            raw_json.to_owned(),
+        )
+    }
+
+    /// Dialect F: "creates" run `run_id` by publishing `run.started` to `run:<run_id>:events`
+    /// (sequence 1 on a new run); returns the sequence.
+    ///
+    /// # Panics
+    /// If `run_id` is not `[A-Za-z0-9_.-]{1,128}` (test helper).
+    pub fn create_run(&self, run_id: &str) -> u64 {
+        self.publish_event(
+            &format!("run:{run_id}:events"),
+            "run.started",
+            serde_json::json!({"run_id": run_id}),
+        )
+    }
+
+    /// Dialect F: the retained messages of `topic`, ascending (empty when unknown).
+    pub fn events(&self, topic: &str) -> Vec<EventMessage> {
+        self.shared().fanout.events(topic)
+    }
+
+    /// Dialect F: the last sequence of `topic` (0 if none).
+    pub fn event_head(&self, topic: &str) -> u64 {
+        self.shared().fanout.cursors(topic).0
+    }
+
+    /// Dialect F: first retained sequence − 1 of `topic` (0 when nothing was evicted).
+    pub fn event_oldest_available(&self, topic: &str) -> u64 {
+        self.shared().fanout.cursors(topic).1
+    }
+
+    /// Dialect F: drops the retained messages with sequence `<= seq` (cursors below `seq` are
+    /// then stale: poll 410, WS `stale_cursor`).
+    pub fn evict_events_through(&self, topic: &str, seq: u64) {
+        self.shared().fanout.evict_through(topic, seq);
+    }
+
+    /// Dialect F: every request the fanout routes answered (the newest 100,000), oldest first.
+    pub fn fanout_requests(&self) -> Vec<FanoutRequest> {
+        self.shared().fanout.requests()
+    }
+
     /// A copy of the logs, for [`DevServer::start_with_state`].
     pub fn export_state(&self) -> ServerState {
         ServerState {
             logs: self.shared().lock().logs.clone(),
+            events: self.shared().fanout.export_logs(),
         }
     }
 

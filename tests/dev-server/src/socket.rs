@@ -33,6 +33,10 @@ pub(crate) async fn ws_handler(
     Query(params): Query<HashMap<String, String>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if !shared.config.phoenix_enabled {
+        return api_error(StatusCode::NOT_FOUND, "not_found", "no Phoenix socket here")
+            .into_response();
+    }
     if params.get("vsn").map(String::as_str) != Some("2.0.0") {
         Counters::inc(&shared.counters.connections_refused);
         return api_error(

@@ -21,6 +21,8 @@ use tokio::sync::{mpsc, watch, Notify};
 #[derive(Debug, Clone, Default)]
 pub struct ServerState {
     pub(crate) logs: BTreeMap<String, TopicLog>,
+    /// Dialect-F event logs.
+    pub(crate) events: BTreeMap<String, crate::fanout::EventLog>,
 }
 
 /// Where a subscribed topic stands on one socket.
@@ -115,10 +117,12 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) restart_tx: watch::Sender<u64>,
     pub(crate) expire_tx: watch::Sender<u64>,
+    pub(crate) fanout: crate::fanout::FanoutState,
 }
 
 impl Shared {
     pub(crate) fn new(config: DevServerConfig, state: ServerState) -> Self {
+        let fanout = crate::fanout::FanoutState::new(state.events);
         let mut logs = state.logs;
         for t in &config.topics {
             logs.entry(t.name.clone()).or_default();
@@ -133,6 +137,7 @@ impl Shared {
             counters: Counters::default(),
             restart_tx: watch::channel(0).0,
             expire_tx: watch::channel(0).0,
+            fanout,
         }
     }
 
@@ -416,6 +421,7 @@ impl Shared {
             slow_consumer_strikes: sum(|s| s.strikes),
             slow_consumer_evictions: sum(|s| s.evictions),
             stale_cursor_total: sum(|s| s.stale),
+            ..self.fanout.metrics(topic_limit)
         }
     }
 }
