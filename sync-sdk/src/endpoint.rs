@@ -10,7 +10,7 @@ use crate::error::SyncError;
 use crate::protocol::http::{encode_segment, DOC_PATH, SNAPSHOT_PATH};
 use crate::protocol::phoenix::{PROTOCOL_VERSION, SCHEMA_VERSION, SOCKET_PATH, VSN};
 use crate::protocol::token::{SyncToken, TOKEN_PATH};
-use crate::protocol::{DocKey, Topic};
+use crate::protocol::{DocKey, Topic, Watermark};
 
 /// A validated server base URL (`https://host[:port][/prefix]`).
 #[derive(Clone, PartialEq, Eq)]
@@ -117,6 +117,17 @@ impl Endpoint {
         )
     }
 
+    /// Dialect F: the topic's WebSocket URL with the `http(s)://` scheme (for the HTTP/1.1
+    /// upgrade request; the token goes in the `Authorization` header, not the URL).
+    pub fn fanout_ws_url(&self, topic: &Topic, after_seq: Watermark, limit: u32) -> String {
+        self.join(&crate::protocol::fanout::ws_path(topic, after_seq, limit))
+    }
+
+    /// Dialect F: the topic's poll URL.
+    pub fn fanout_poll_url(&self, topic: &Topic, after_seq: Watermark, limit: u32) -> String {
+        self.join(&crate::protocol::fanout::poll_path(topic, after_seq, limit))
+    }
+
     /// The Phoenix socket URL. It contains the token: treat it as a secret.
     pub fn socket_url(&self, token: &SyncToken, client: &str, build_id: &str) -> SecretUrl {
         let scheme = if self.base.scheme() == "https" {
@@ -156,6 +167,11 @@ impl Endpoint {
 pub struct SecretUrl(String);
 
 impl SecretUrl {
+    /// Wraps a URL that carries no secret (dialect F sends the token in a header).
+    pub(crate) fn public(url: String) -> SecretUrl {
+        SecretUrl(url)
+    }
+
     /// The full URL, for the one call that opens the socket.
     pub fn expose(&self) -> &str {
         &self.0

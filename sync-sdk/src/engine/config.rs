@@ -4,6 +4,32 @@ use std::time::Duration;
 
 use crate::protocol::{DecodeLimits, Topic};
 
+/// Which wire dialect the client speaks (PROTOCOL.md §2 and §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// Dialect P: one Phoenix socket (`sync:v1`) for every topic.
+    Phoenix,
+    /// Dialect F: the runtime fanout — one WebSocket (or the HTTP poll route) per topic.
+    Fanout,
+    /// Try dialect P; switch to F when the Phoenix socket route answers `404`. Default.
+    #[default]
+    Auto,
+}
+
+/// How dialect F moves messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FanoutTransport {
+    /// One WebSocket per topic; a topic whose WebSocket cannot be opened twice in a row
+    /// (blocked by a proxy, `5xx`, `404`) falls back to polling until the network changes.
+    /// Default.
+    #[default]
+    Auto,
+    /// WebSocket only (keep retrying it with backoff).
+    WebSocket,
+    /// HTTP poll only (browsers: a WebSocket there cannot carry an `Authorization` header).
+    Poll,
+}
+
 /// Knobs of the sync state machine. `Default` gives the documented production values.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -43,6 +69,21 @@ pub struct EngineConfig {
     /// document; a crash re-replays at most one group. Bigger groups write fewer SQLite
     /// pages per update (faster catch-up) and hold more in memory. Default 8,000.
     pub group_commit_max_updates: usize,
+    /// Wire dialect. Default [`Dialect::Auto`].
+    pub dialect: Dialect,
+    /// Dialect F transport. Default [`FanoutTransport::Auto`].
+    pub fanout_transport: FanoutTransport,
+    /// Dialect F: at most this many topic WebSockets being opened at once (established ones
+    /// are not limited). Default 4.
+    pub fanout_max_opening: usize,
+    /// Dialect F poll page size (servers clamp to 200, or 50 when one principal polls two or
+    /// more topics). Default 200.
+    pub poll_limit: u32,
+    /// Dialect F: shortest time between two polls of one topic. Servers refuse polls closer
+    /// than 250 ms with `429` (and count the refused one); default 300 ms leaves a margin.
+    pub poll_min_interval: Duration,
+    /// Dialect F: poll period of a caught-up topic on the poll transport. Default 1 s.
+    pub poll_interval: Duration,
 }
 
 impl EngineConfig {
@@ -64,6 +105,12 @@ impl EngineConfig {
             decode_limits: DecodeLimits::default(),
             seed: 0x6b68_616c_6173_796e,
             group_commit_max_updates: 8_000,
+            dialect: Dialect::Auto,
+            fanout_transport: FanoutTransport::Auto,
+            fanout_max_opening: 4,
+            poll_limit: 200,
+            poll_min_interval: Duration::from_millis(300),
+            poll_interval: Duration::from_secs(1),
         }
     }
 }

@@ -13,6 +13,7 @@
 mod backoff;
 mod config;
 mod conn;
+mod fanout;
 mod topic;
 mod types;
 
@@ -23,7 +24,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 pub use backoff::Backoff;
-pub use config::EngineConfig;
+pub use config::{Dialect, EngineConfig, FanoutTransport};
 pub use types::{
     Action, Change, ConnId, ConnectionState, Event, HttpFailure, Metrics, Millis, Notification,
     SyncStatus, TopicPhase, TopicStatus,
@@ -38,6 +39,7 @@ use crate::protocol::{DocKey, ServerError, Topic, Update, UpdateBatch, Watermark
 use crate::store::{ApplyBatch, ApplyOutcome, DocWrite, Identity, SnapshotGen, StoreError};
 
 use conn::{Conn, ConnPhase, Pending};
+use fanout::FanTopic;
 use topic::{FollowUp, Hydration, Inflight, SnapState, TopicState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +94,12 @@ pub struct Engine {
     reconnect_on_token: bool,
 
     topics: Vec<TopicState>,
+    /// Dialect F state per topic (index-aligned with `topics`).
+    fan: Vec<FanTopic>,
+    /// Dialect F is in use (configured, or chosen by `Dialect::Auto`).
+    fanout: bool,
+    /// Incremented with every new token (a refusal of an older token is not counted again).
+    token_gen: u64,
     metrics: Metrics,
     /// Whether the app listens to changes (see [`Engine::set_change_listeners`]).
     change_listeners: bool,
@@ -107,7 +115,12 @@ impl Engine {
             .iter()
             .map(|t| TopicState::new(t.clone(), cfg.backoff_base, cfg.backoff_cap))
             .collect();
+        let fan = cfg.topics.iter().map(|_| FanTopic::new(&cfg)).collect();
+        let fanout = cfg.dialect == Dialect::Fanout;
         Engine {
+            fan,
+            fanout,
+            token_gen: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
             token_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
             reconnect_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
@@ -147,12 +160,28 @@ impl Engine {
             Event::Timer => self.on_timer(),
             Event::TokenFetched(r) => self.on_token(r),
             Event::IdentityBound(r) => self.on_identity_bound(r),
-            Event::Connected(id) => self.on_connected(id),
-            Event::ConnectFailed(id, f) => self.on_connect_failed(id, f),
-            Event::Frame(id, text) => self.on_frame(id, &text),
-            Event::Disconnected(id, reason) => self.on_disconnected(id, reason),
+            Event::Connected(id) => match self.f_conn_topic(id) {
+                Some(i) => self.f_on_connected(i),
+                None => self.on_connected(id),
+            },
+            Event::ConnectFailed(id, f) => match self.f_conn_topic(id) {
+                Some(i) => self.f_on_connect_failed(i, f),
+                None => self.on_connect_failed(id, f),
+            },
+            Event::Frame(id, text) => match self.f_conn_topic(id) {
+                Some(i) => self.f_on_frame(i, &text),
+                None => self.on_frame(id, &text),
+            },
+            Event::Disconnected(id, reason) => match self.f_conn_topic(id) {
+                Some(i) => self.f_on_disconnected(i, reason),
+                None => self.on_disconnected(id, reason),
+            },
+            Event::Polled(t, r) => self.f_on_polled(&t, r),
             Event::FrameTooLarge { conn, size, limit } => {
-                self.on_disconnected(conn, "inbound frame too large".into());
+                match self.f_conn_topic(conn) {
+                    Some(i) => self.f_on_disconnected(i, "inbound frame too large".into()),
+                    None => self.on_disconnected(conn, "inbound frame too large".into()),
+                }
                 self.metrics.decode_errors += 1;
                 self.last_error = Some(SyncError::Protocol(
                     crate::protocol::ProtocolError::TooLarge {
@@ -223,6 +252,9 @@ impl Engine {
             for ts in &self.topics {
                 consider(ts.retry_at);
             }
+            if self.fanout {
+                consider(self.f_deadlines());
+            }
             if self
                 .conn
                 .as_ref()
@@ -249,6 +281,17 @@ impl Engine {
             Life::AuthFailed => ConnectionState::AuthFailed,
             Life::UpgradeRequired => ConnectionState::UpgradeRequired,
             Life::Stopped => ConnectionState::Stopped,
+            Life::Running if self.fanout => match self.f_state() {
+                (true, _) => ConnectionState::Connected,
+                _ if self.token_retry_at.is_some() => ConnectionState::Backoff,
+                _ if self.token_inflight || self.bound != Bound::Yes => {
+                    ConnectionState::Authenticating
+                }
+                (false, true) if self.fan.iter().all(|f| f.conn.is_none()) => {
+                    ConnectionState::Backoff
+                }
+                _ => ConnectionState::Connecting,
+            },
             Life::Running => match &self.conn {
                 Some(c) if c.phase == ConnPhase::Joined => ConnectionState::Connected,
                 Some(_) => ConnectionState::Connecting,
@@ -263,7 +306,11 @@ impl Engine {
         };
         SyncStatus {
             state,
-            transport: "websocket",
+            transport: if self.fanout {
+                self.f_transport()
+            } else {
+                "websocket"
+            },
             topics: self.topics.iter().map(TopicState::status).collect(),
             last_error: self.last_error.clone(),
             next_retry_at: if state == ConnectionState::Backoff {
@@ -330,6 +377,10 @@ impl Engine {
         if self.token_retry_at.take().is_some() {
             self.request_token();
         }
+        if self.fanout {
+            self.f_network_changed();
+            return;
+        }
         match &self.conn {
             Some(c) if c.phase == ConnPhase::Joined => {}
             Some(c) => {
@@ -377,6 +428,10 @@ impl Engine {
             return;
         }
         if self.bound != Bound::Yes {
+            return;
+        }
+        if self.fanout {
+            self.f_proceed();
             return;
         }
         for i in 0..self.topics.len() {
@@ -427,6 +482,7 @@ impl Engine {
         match r {
             Ok(grant) => {
                 self.metrics.tokens_fetched += 1;
+                self.token_gen += 1;
                 if self.auth_refusals == 0 {
                     self.token_backoff.reset();
                 }
@@ -519,7 +575,8 @@ impl Engine {
                     ts.committed = w;
                     // First run: bootstrap from a snapshot (replay from 0 could start past a
                     // retention floor and silently miss documents).
-                    ts.needs_snapshot = w == Watermark::ZERO;
+                    // Dialect F event logs have no snapshot: they replay from 0.
+                    ts.needs_snapshot = w == Watermark::ZERO && !self.fanout;
                 }
                 self.proceed();
             }
@@ -555,6 +612,7 @@ impl Engine {
     }
 
     fn drop_connections(&mut self) {
+        self.f_drop_all();
         for c in [self.conn.take(), self.next_conn.take()]
             .into_iter()
             .flatten()
@@ -646,6 +704,11 @@ impl Engine {
         if self.conn_mut(id).is_none() {
             return;
         }
+        if self.cfg.dialect == Dialect::Auto && f.status() == Some(404) {
+            // No Phoenix socket route here: this server speaks dialect F (§6).
+            self.switch_to_fanout();
+            return;
+        }
         match f.status() {
             Some(401 | 403) => {
                 // The upgrade refused our token. Get a fresh one once; if a fresh token is
@@ -722,6 +785,9 @@ impl Engine {
         .flatten()
         {
             self.check_conn_deadlines(id);
+        }
+        if self.fanout {
+            self.f_on_timer();
         }
         for i in 0..self.topics.len() {
             if self.topics[i].retry_at.is_some_and(|t| t <= now) {
@@ -957,6 +1023,10 @@ impl Engine {
     }
 
     fn resubscribe(&mut self, i: usize) {
+        if self.fanout {
+            self.f_restart(i);
+            return;
+        }
         if self.topics[i].ready_to_subscribe() || self.topics[i].subscribed_on.is_some() {
             self.send_subscribe(&[i]);
         }
@@ -1147,6 +1217,11 @@ impl Engine {
 
     fn begin_snapshot(&mut self, i: usize) {
         if self.life != Life::Running {
+            return;
+        }
+        if self.fanout {
+            // Event logs have no snapshot (a hash resync cannot happen: no hashes in F).
+            self.f_restart(i);
             return;
         }
         let conn_id = self.conn.as_ref().map(|c| c.id);
@@ -1560,6 +1635,8 @@ impl Engine {
         let ts = &mut self.topics[i];
         let listening = self.change_listeners;
         ts.inflight = Some(Inflight {
+            through: batch.new_watermark,
+            truncated: None,
             writes: batch.writes.len(),
             changes: batch
                 .writes
@@ -1650,6 +1727,7 @@ impl Engine {
         let Some(inflight) = self.topics[i].inflight.take() else {
             return;
         };
+        let truncated = inflight.truncated;
         match r {
             Ok(outcome) => {
                 let ts = &mut self.topics[i];
@@ -1684,6 +1762,9 @@ impl Engine {
                         }
                     }
                     self.process_updates(i, group);
+                }
+                if self.fanout {
+                    self.f_after_commit(i, truncated);
                 }
             }
             Err(StoreError::WatermarkConflict { found, .. }) => {

@@ -217,6 +217,18 @@ fn kind(a: &Action) -> Option<String> {
             }
         }
         Action::Close(c) => format!("Close#{}", c.0),
+        Action::ConnectTopic {
+            conn,
+            topic,
+            after_seq,
+            ..
+        } => format!("ConnectTopic#{} {}@{}", conn.0, alias(topic.as_str()), after_seq.get()),
+        Action::Poll {
+            topic,
+            after_seq,
+            limit,
+            ..
+        } => format!("Poll {}@{} limit={}", alias(topic.as_str()), after_seq.get(), limit),
         Action::Apply(b) => format!(
             "Apply {} {}→{}",
             alias(b.topic.as_str()),

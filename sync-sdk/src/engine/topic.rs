@@ -31,6 +31,10 @@ pub(super) struct Inflight {
     /// Writes in the batch.
     pub writes: usize,
     pub follow: FollowUp,
+    /// The batch's new watermark.
+    pub through: Watermark,
+    /// Dialect F: this batch records a truncation `(from, to)`.
+    pub truncated: Option<(Watermark, Watermark)>,
 }
 
 #[derive(Debug)]

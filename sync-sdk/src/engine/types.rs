@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::SyncError;
+use crate::protocol::fanout::{PollFailure, PollPage};
 use crate::protocol::http::{DocResponse, SnapshotPage};
 use crate::protocol::token::{SyncToken, TokenGrant};
 use crate::protocol::{DocKey, ProtocolError, Topic, Watermark};
@@ -138,6 +139,9 @@ pub enum Event {
     SnapshotPageStored(Topic, Result<(), StoreError>),
     /// Result of [`Action::FetchDoc`].
     DocFetched(Topic, DocKey, Result<DocResponse, HttpFailure>),
+    /// Result of [`Action::Poll`] (dialect F), decoded with
+    /// [`crate::protocol::fanout::decode_poll`].
+    Polled(Topic, Result<PollPage, PollFailure>),
 }
 
 /// Output of [`super::Engine::poll_action`]: work for the driver.
@@ -152,6 +156,33 @@ pub enum Action {
         /// Connection id to tag its events with.
         conn: ConnId,
         /// Token for the `token` query parameter.
+        token: SyncToken,
+    },
+    /// Dialect F: open the topic's WebSocket
+    /// (`{base}` + [`crate::protocol::fanout::ws_path`]) with `Authorization: Bearer <token>`;
+    /// answer `Connected`/`ConnectFailed`, then `Frame`s and `Disconnected` under `conn`.
+    ConnectTopic {
+        /// Connection id to tag its events with.
+        conn: ConnId,
+        /// Topic.
+        topic: Topic,
+        /// Resume after this sequence.
+        after_seq: Watermark,
+        /// Batch size hint.
+        limit: u32,
+        /// Token for the `Authorization` header.
+        token: SyncToken,
+    },
+    /// Dialect F: `GET {base}` + [`crate::protocol::fanout::poll_path`] with the token in the
+    /// `Authorization` header; answer [`Event::Polled`].
+    Poll {
+        /// Topic.
+        topic: Topic,
+        /// Messages after this sequence.
+        after_seq: Watermark,
+        /// Page size.
+        limit: u32,
+        /// Token for the `Authorization` header.
         token: SyncToken,
     },
     /// Send a text frame.
@@ -245,6 +276,18 @@ pub enum Change {
         /// Documents in the snapshot.
         docs: u64,
     },
+    /// Dialect F: the server no longer had the messages `from..=to` of this event log
+    /// (evicted from its ring, or beyond its replay budget) when the client asked for them.
+    /// They were skipped and the committed watermark moved to `to`; refetch them through the
+    /// app's own APIs if they matter. Never silent: every skipped range is reported once.
+    Truncated {
+        /// Topic.
+        topic: Topic,
+        /// First missing sequence.
+        from: Watermark,
+        /// Last missing sequence (the new committed watermark).
+        to: Watermark,
+    },
 }
 
 impl Change {
@@ -253,7 +296,8 @@ impl Change {
         match self {
             Change::Upsert { topic, .. }
             | Change::Delete { topic, .. }
-            | Change::Bootstrapped { topic, .. } => topic,
+            | Change::Bootstrapped { topic, .. }
+            | Change::Truncated { topic, .. } => topic,
         }
     }
 }
@@ -324,7 +368,8 @@ pub struct TopicStatus {
 pub struct SyncStatus {
     /// Connection state.
     pub state: ConnectionState,
-    /// Transport in use (`"websocket"`).
+    /// Transport in use: `"websocket"`, or `"poll"` when any topic syncs over dialect F's
+    /// HTTP poll route.
     pub transport: &'static str,
     /// Per-topic status, in configuration order.
     pub topics: Vec<TopicStatus>,
@@ -382,6 +427,12 @@ pub struct Metrics {
     pub bytes_received: u64,
     /// Frames that failed to decode.
     pub decode_errors: u64,
+    /// Dialect F: polls sent.
+    pub polls: u64,
+    /// Dialect F: polls answered `429` (each one waited out).
+    pub rate_limited: u64,
+    /// Dialect F: messages reported as truncated (evicted before they could be fetched).
+    pub truncated_messages: u64,
     /// Time from start to every topic live (first time), ms.
     pub catch_up_ms: Option<u64>,
 }

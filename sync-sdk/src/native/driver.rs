@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, SecretUrl};
 use crate::engine::{
     Action, Change, ConnId, Engine, Event, HttpFailure, Metrics, Millis, Notification, SyncStatus,
 };
@@ -193,10 +193,43 @@ impl Driver {
                         conn,
                         self.ws_http.clone(),
                         url,
+                        None,
                         self.limits.max_frame_bytes,
                         self.io_tx.clone(),
                         Arc::clone(&self.frame_budget),
                     ));
+                }
+                Action::ConnectTopic {
+                    conn,
+                    topic,
+                    after_seq,
+                    limit,
+                    token,
+                } => {
+                    let url = SecretUrl::public(self.endpoint.fanout_ws_url(&topic, after_seq, limit));
+                    tracing::debug!(conn = conn.0, topic = %topic, after_seq = after_seq.get(), "connecting (fanout)");
+                    tokio::spawn(ws::run_connection(
+                        conn,
+                        self.ws_http.clone(),
+                        url,
+                        Some(token),
+                        self.limits.max_frame_bytes,
+                        self.io_tx.clone(),
+                        Arc::clone(&self.frame_budget),
+                    ));
+                }
+                Action::Poll {
+                    topic,
+                    after_seq,
+                    limit,
+                    token,
+                } => {
+                    let url = self.endpoint.fanout_poll_url(&topic, after_seq, limit);
+                    let (http, limits) = (self.http.clone(), self.limits);
+                    self.spawn_event(async move {
+                        let r = http::poll(&http, &url, &token, &limits).await;
+                        Event::Polled(topic, r)
+                    });
                 }
                 Action::Send { conn, text } => {
                     if let Some(tx) = self.conns.get(&conn) {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 
 use crate::engine::HttpFailure;
+use crate::protocol::fanout::{decode_poll, PollFailure, PollPage};
 use crate::protocol::http::{
     decode_doc_response, decode_error_body, decode_snapshot_page, DocResponse, SnapshotPage,
 };
@@ -99,7 +100,7 @@ pub(crate) async fn fetch_token(
     decode_token_response(&body, limits).map_err(HttpFailure::Decode)
 }
 
-fn bearer(token: &SyncToken) -> Result<HeaderValue, HttpFailure> {
+pub(crate) fn bearer(token: &SyncToken) -> Result<HeaderValue, HttpFailure> {
     let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
         .map_err(|_| HttpFailure::Transport("token is not a valid header value".into()))?;
     v.set_sensitive(true);
@@ -145,4 +146,37 @@ pub(crate) async fn fetch_doc(
     limits: &DecodeLimits,
 ) -> Result<DocResponse, HttpFailure> {
     get_authorized(http, url, token, limits, decode_doc_response).await
+}
+
+/// Dialect F: one poll of a topic's message route. Every answer (200 or error) is decoded
+/// into a page or a typed [`PollFailure`].
+pub(crate) async fn poll(
+    http: &reqwest::Client,
+    url: &str,
+    token: &SyncToken,
+    limits: &DecodeLimits,
+) -> Result<PollPage, PollFailure> {
+    let auth = bearer(token).map_err(|_| PollFailure::Transport("token is not a valid header value".into()))?;
+    let resp = http
+        .get(url)
+        .header(AUTHORIZATION, auth)
+        .send()
+        .await
+        .map_err(|e| PollFailure::Transport(e.without_url().to_string()))?;
+    let status = resp.status().as_u16();
+    let retry_after_ms = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|s| s.saturating_mul(1000));
+    let body = match read_capped(resp, limits.max_frame_bytes).await {
+        Ok(b) => b,
+        Err(HttpFailure::Decode(e)) => return Err(PollFailure::Decode(e)),
+        Err(HttpFailure::Transport(m)) => return Err(PollFailure::Transport(m)),
+        Err(HttpFailure::Status { status, code, .. }) => {
+            return Err(PollFailure::Status { status, code })
+        }
+    };
+    decode_poll(status, &body, retry_after_ms, limits)
 }

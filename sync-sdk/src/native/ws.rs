@@ -12,6 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::endpoint::SecretUrl;
 use crate::engine::{ConnId, HttpFailure};
+use crate::protocol::token::SyncToken;
 
 use super::driver::IoEvent;
 
@@ -28,14 +29,18 @@ pub(crate) enum WsCmd {
 async fn open(
     http: &reqwest::Client,
     url: &SecretUrl,
+    bearer: Option<&SyncToken>,
     cfg: WebSocketConfig,
 ) -> Result<WebSocketStream<reqwest::Upgraded>, HttpFailure> {
     use reqwest::header::{
         CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
     };
     let key = tungstenite::handshake::client::generate_key();
-    let resp = http
-        .get(url.expose())
+    let mut req = http.get(url.expose());
+    if let Some(token) = bearer {
+        req = req.header(reqwest::header::AUTHORIZATION, super::http::bearer(token)?);
+    }
+    let resp = req
         .header(CONNECTION, "Upgrade")
         .header(UPGRADE, "websocket")
         .header(SEC_WEBSOCKET_VERSION, "13")
@@ -63,10 +68,13 @@ async fn open(
     Ok(WebSocketStream::from_raw_socket(upgraded, Role::Client, Some(cfg)).await)
 }
 
+/// Runs one connection: `bearer` is sent as `Authorization: Bearer …` (dialect F); dialect P
+/// carries its token in `url`.
 pub(crate) async fn run_connection(
     conn: ConnId,
     http: reqwest::Client,
     url: SecretUrl,
+    bearer: Option<SyncToken>,
     max_frame_bytes: usize,
     events: mpsc::Sender<IoEvent>,
     budget: std::sync::Arc<tokio::sync::Semaphore>,
@@ -78,7 +86,7 @@ pub(crate) async fn run_connection(
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(max_frame_bytes);
     cfg.max_frame_size = Some(max_frame_bytes);
-    let ws = match open(&http, &url, cfg).await {
+    let ws = match open(&http, &url, bearer.as_ref(), cfg).await {
         Ok(ws) => ws,
         Err(f) => {
             let _ = events.send(IoEvent::ConnectFailed(conn, f)).await;
@@ -86,6 +94,7 @@ pub(crate) async fn run_connection(
         }
     };
     drop(url);
+    drop(bearer);
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<WsCmd>();
     if events.send(IoEvent::Connected(conn, cmd_tx)).await.is_err() {
         return;

@@ -4,6 +4,7 @@
 //! unknown input gives a [`ProtocolError`], never a panic.
 
 mod error;
+pub mod fanout;
 pub mod hash;
 pub mod http;
 pub mod phoenix;

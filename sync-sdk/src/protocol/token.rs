@@ -160,3 +160,110 @@ pub fn decode_token_response(
         .map_err(|e| ProtocolError::json_redacted("token response", e))?;
     Ok(env.data)
 }
+
+/// What a sync token obtained outside the token route (an app callback, `--sync-token`)
+/// reveals without verification: the JWT payload's `sub`, `oa_org_id`, `exp`. Used only to
+/// bind the local store to the right identity and to schedule a refresh; the server alone
+/// decides whether the token is valid. Missing or unreadable claims give `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnverifiedClaims {
+    /// `sub`.
+    pub subject: Option<String>,
+    /// `oa_org_id`.
+    pub org_id: Option<String>,
+    /// `exp` (seconds since the Unix epoch).
+    pub exp: Option<u64>,
+}
+
+/// Reads [`UnverifiedClaims`] from a JWT (`header.payload.signature`, base64url payload).
+pub fn unverified_claims(token: &SyncToken) -> UnverifiedClaims {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct Claims {
+        #[serde(default)]
+        sub: Option<serde_json::Value>,
+        #[serde(default)]
+        oa_org_id: Option<serde_json::Value>,
+        #[serde(default)]
+        exp: Option<u64>,
+    }
+    let text = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let Some(payload) = token.expose().split('.').nth(1) else {
+        return UnverifiedClaims::default();
+    };
+    if payload.len() > 64 * 1024 {
+        return UnverifiedClaims::default();
+    }
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))
+    else {
+        return UnverifiedClaims::default();
+    };
+    match serde_json::from_slice::<Claims>(&bytes) {
+        Ok(c) => UnverifiedClaims {
+            subject: text(c.sub),
+            org_id: text(c.oa_org_id),
+            exp: c.exp,
+        },
+        Err(_) => UnverifiedClaims::default(),
+    }
+}
+
+impl TokenGrant {
+    /// A grant for a token the app supplied itself. `expires_in` (seconds) wins; else the
+    /// JWT's `exp` relative to `now_unix`; else 300 s. Subject and org come from the
+    /// unverified claims (identity of the local store only).
+    pub fn from_provided(token: SyncToken, expires_in: Option<u64>, now_unix: u64) -> TokenGrant {
+        let claims = unverified_claims(&token);
+        let expires_in = expires_in
+            .or_else(|| claims.exp.map(|e| e.saturating_sub(now_unix)))
+            .unwrap_or(300)
+            .max(1);
+        TokenGrant {
+            token,
+            token_type: Some("Bearer".into()),
+            expires_in,
+            issued_at: None,
+            expires_at: None,
+            issuer: None,
+            audience: None,
+            subject: claims.subject,
+            org_id: claims.org_id,
+            claims_version: None,
+            scopes: Vec::new(),
+            kid: None,
+            granted_topics: Vec::new(),
+            token_id: None,
+            session_id: None,
+            device_id: None,
+            refresh_after_in: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod provided_tests {
+    use super::*;
+
+    #[test]
+    fn reads_claims_without_verifying() {
+        use base64::Engine as _;
+        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = format!(
+            "{}.{}.sig",
+            b(r#"{"alg":"HS256"}"#),
+            b(r#"{"sub":"user:42","oa_org_id":"org:7","exp":1000}"#)
+        );
+        let g = TokenGrant::from_provided(SyncToken::new(jwt), None, 700);
+        assert_eq!(g.subject.as_deref(), Some("user:42"));
+        assert_eq!(g.org_id.as_deref(), Some("org:7"));
+        assert_eq!(g.expires_in, 300);
+        let g = TokenGrant::from_provided(SyncToken::new("opaque"), None, 0);
+        assert_eq!((g.subject, g.expires_in), (None, 300));
+        let g = TokenGrant::from_provided(SyncToken::new("a.%%%.c"), Some(60), 0);
+        assert_eq!(g.expires_in, 60);
+    }
+}

@@ -72,6 +72,11 @@ impl DocKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The decimal form of a sequence number (dialect F's document keys); always valid.
+    pub(crate) fn from_sequence(seq: u64) -> Self {
+        DocKey(seq.to_string())
+    }
 }
 
 impl<'de> Deserialize<'de> for DocKey {
