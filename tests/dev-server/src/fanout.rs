@@ -895,8 +895,10 @@ fn poll_answer(
     if let Some(prev) = inner.last_poll.insert(key.clone(), now) {
         let elapsed = now.saturating_duration_since(prev);
         if elapsed < interval {
-            let remaining = interval - elapsed;
-            let ms = u64::try_from(remaining.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+            // This 429 counts as a poll, so the window restarts now: what remains of it is
+            // the whole interval. (Remaining-of-the-old-window would send a client that
+            // waits `retry_after_ms` straight into another 429, forever.)
+            let ms = u64::try_from(interval.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
             inc(&shared.fanout.counters.rate_limited);
             return error_response(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -72,7 +72,12 @@ async fn token_route_shape_and_jwt_verifies() {
     assert_eq!(d["org_id"], "org:7");
     assert_eq!(d["kid"], "sync-auth-v1");
     assert_eq!(d["claims_version"], "oa_sync_claims_v1");
-    assert_eq!(d["scopes"].as_array().map(Vec::len), Some(4));
+    // The four dialect-P topics plus `runtime.run_events` (dialect F run topics).
+    assert_eq!(d["scopes"].as_array().map(Vec::len), Some(5));
+    assert!(d["scopes"]
+        .as_array()
+        .is_some_and(|s| s.contains(&json!("runtime.run_events"))));
+    assert_eq!(d["granted_topics"].as_array().map(Vec::len), Some(4));
     assert_eq!(
         d["granted_topics"][0],
         json!({"topic": RUNS, "required_scope": RUNS})
