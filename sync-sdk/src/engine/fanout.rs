@@ -220,7 +220,12 @@ impl Engine {
         let min = self.cfg.poll_min_interval;
         let f = &mut self.fan[i];
         let earliest = f.last_poll_at.map_or(at, |l| l.after(min));
-        f.next_poll_at = Some(at.max(earliest));
+        let due = at.max(earliest);
+        f.next_poll_at = Some(due);
+        if due <= self.now && !f.poll_inflight {
+            f.next_poll_at = None;
+            self.f_send_poll(i);
+        }
     }
 
     fn f_send_poll(&mut self, i: usize) {
@@ -438,6 +443,7 @@ impl Engine {
         }
         let now = self.now;
         let probe = self.fan[i].poll_is_probe;
+        let polling = self.fan[i].on_poll;
         self.fan[i].poll_inflight = false;
         let current = self.fan[i].token_gen == self.token_gen;
         match r {
@@ -477,7 +483,7 @@ impl Engine {
                         .collect();
                     self.f_accept(i, ups);
                 }
-                if !probe {
+                if self.fan[i].on_poll {
                     self.fan[i].backoff.reset();
                     if full {
                         self.f_schedule_poll(i, now);
@@ -507,7 +513,7 @@ impl Engine {
                 // Normal progress during catch-up: resume from our position once the server's
                 // interval allows (a suggested cursor is never used to skip or go back).
                 self.metrics.slow_consumer += 1;
-                if !probe {
+                if polling {
                     self.f_schedule_poll(i, now);
                 }
             }
@@ -548,7 +554,7 @@ impl Engine {
                     _ => SyncError::Transport("fanout poll failed".into()),
                 };
                 self.last_error = Some(err);
-                if probe {
+                if !polling {
                     // No head for this WebSocket topic: report it live once its socket is
                     // open rather than never.
                     self.fan[i].no_probe = true;

@@ -2018,3 +2018,331 @@ fn without_change_listeners_commits_notify_nothing_but_count() {
     let acts = s.batch(C1, A, vec![upd(A, "k1", 2, 13, json!(3))], 13);
     assert_eq!(kinds(&s.apply_ok(&acts)), ["Changes(1)"]);
 }
+
+// ----- dialect F (PROTOCOL.md §6) ----------------------------------------------------------
+
+const R: &str = "run:r1:events";
+
+fn fcfg(transport: FanoutTransport) -> EngineConfig {
+    let mut c = cfg(&[R]);
+    c.dialect = Dialect::Fanout;
+    c.fanout_transport = transport;
+    c
+}
+
+fn fmsg(seq: u64) -> Value {
+    json!({"topic": R, "sequence": seq, "kind": "run.step", "payload": {"step": seq},
+           "published_at": "2026-11-23T00:00:00Z"})
+}
+
+fn fframe(seq: u64) -> String {
+    json!({"type": "message", "message": fmsg(seq)}).to_string()
+}
+
+fn page(seqs: std::ops::RangeInclusive<u64>, head: u64, oldest: u64) -> PollPage {
+    let msgs: Vec<Value> = seqs.clone().map(fmsg).collect();
+    let next = if msgs.is_empty() { 0 } else { *seqs.end() };
+    let body = json!({"topic": R, "messages": msgs, "oldest_available_cursor": oldest,
+        "head_cursor": head, "next_cursor": next, "replay_complete": next >= head,
+        "limit_applied": 200});
+    crate::protocol::fanout::decode_poll(200, &body.to_string(), None, &DecodeLimits::default())
+        .unwrap()
+}
+
+fn poll_err(status: u16, body: Value) -> PollFailure {
+    crate::protocol::fanout::decode_poll(status, &body.to_string(), None, &DecodeLimits::default())
+        .unwrap_err()
+}
+
+fn polled(r: Result<PollPage, PollFailure>) -> Event {
+    Event::Polled(topic(R), r)
+}
+
+fn connect_topic(acts: &[Action]) -> Option<(ConnId, u64)> {
+    acts.iter().rev().find_map(|a| match a {
+        Action::ConnectTopic {
+            conn, after_seq, ..
+        } => Some((*conn, after_seq.get())),
+        _ => None,
+    })
+}
+
+fn polls(acts: &[Action]) -> Vec<(u64, u32)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Poll {
+                after_seq, limit, ..
+            } => Some((after_seq.get(), *limit)),
+            _ => None,
+        })
+        .collect()
+}
+
+use crate::protocol::fanout::{PollFailure, PollPage};
+
+/// Commits every Apply (and what its commit releases) until nothing is left.
+fn commit_all(sim: &mut Sim, mut acts: Vec<Action>) -> Vec<Action> {
+    let mut all = Vec::new();
+    for _ in 0..1000 {
+        if applies(&acts).is_empty() {
+            all.extend(acts);
+            return all;
+        }
+        let next = sim.apply_ok(&acts);
+        all.extend(acts);
+        acts = next;
+    }
+    panic!("apply loop")
+}
+
+#[test]
+fn fanout_first_sync_over_websocket_learns_head_by_probe_and_goes_live() {
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::Auto));
+    let acts = sim.start_with(&[]);
+    // No snapshot for event logs: a socket from 0 plus a one-message probe for the head.
+    assert_eq!(kinds(&acts), ["ConnectTopic#1 run:r1:events@0", "Poll run:r1:events@0 limit=1"]);
+    let (c, _) = connect_topic(&acts).unwrap();
+    sim.handle(Event::Connected(c));
+    sim.handle(Event::Frame(c, r#"{"type":"hello","topic":"run:r1:events","after_seq":0,"limit":200,"recommended_reconnect_backoff_ms":500}"#.into()));
+    let mut acts = sim.handle(Event::Frame(c, fframe(1)));
+    acts.extend(sim.handle(polled(Ok(page(1..=1, 3, 0)))));
+    for s in 2..=3 {
+        acts.extend(sim.handle(Event::Frame(c, fframe(s))));
+    }
+    // The first message commits at once; the rest (and the probe's duplicate) form a group.
+    let all = commit_all(&mut sim, acts);
+    let a: Vec<String> = kinds(&all).into_iter().filter(|k| k.starts_with("Apply")).collect();
+    assert_eq!(a, ["Apply run:r1:events 0→1", "Apply run:r1:events 1→3"]);
+    let ch = changes(&all);
+    assert_eq!(ch.len(), 3, "every message once: {ch:?}");
+    match &ch[1] {
+        Change::Upsert {
+            doc_key,
+            doc_version,
+            payload,
+            ..
+        } => {
+            assert_eq!((doc_key.as_str(), *doc_version), ("2", 2));
+            assert!(payload.contains(r#""kind":"run.step""#), "{payload}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let st = sim.e.status();
+    assert_eq!(st.topics[0].phase, TopicPhase::Live);
+    assert_eq!(st.transport, "websocket");
+    assert_eq!(st.state, ConnectionState::Connected);
+    assert_eq!(sim.e.metrics().duplicates_skipped, 1);
+}
+
+#[test]
+fn fanout_eviction_resumes_at_once_from_the_received_position() {
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::WebSocket));
+    let acts = sim.start_with(&[(R, 10)]);
+    let (c, after) = connect_topic(&acts).unwrap();
+    assert_eq!(after, 10, "resume after the committed sequence");
+    sim.handle(Event::Connected(c));
+    let mut acts = sim.handle(polled(Ok(page(11..=11, 900, 0))));
+    for s in 11..=210 {
+        acts.extend(sim.handle(Event::Frame(c, fframe(s))));
+    }
+    // Only the first message is committed so far; 12..=210 are queued behind it.
+    assert_eq!(applies(&acts).len(), 1);
+    sim.handle(Event::Frame(
+        c,
+        r#"{"type":"error","code":"slow_consumer_evicted","message":"lagging"}"#.into(),
+    ));
+    let acts = sim.handle(Event::Disconnected(c, "reset".into()));
+    let acts2 = sim.advance(0);
+    let all: Vec<Action> = acts.into_iter().chain(acts2).collect();
+    let (c2, after) = connect_topic(&all).expect("reconnects at once");
+    assert_ne!(c2, c);
+    assert_eq!(after, 210, "asks for what comes after everything received");
+    assert!(polls(&all).is_empty(), "head already known: no probe");
+    assert_eq!(sim.e.metrics().slow_consumer, 1);
+}
+
+#[test]
+fn fanout_stale_cursor_reports_a_truncation_and_continues() {
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::WebSocket));
+    let acts = sim.start_with(&[(R, 3)]);
+    let (c, _) = connect_topic(&acts).unwrap();
+    sim.handle(Event::Connected(c));
+    let acts = sim.handle(Event::Frame(c, json!({"type":"stale_cursor","topic":R,"requested_cursor":3,
+        "oldest_available_cursor":18,"head_cursor":21,"reason_codes":["retention_floor_breach"],
+        "replay_lag":18,"replay_budget_events":20000,"qos_tier":"warm"}).to_string()));
+    let b = applies(&acts);
+    assert_eq!(b.len(), 1);
+    assert_eq!((b[0].expected_watermark, b[0].new_watermark), (Watermark(3), Watermark(18)));
+    assert!(b[0].writes.is_empty(), "nothing invented for the evicted range");
+    assert!(kinds(&acts).contains(&format!("Close#{}", c.0)));
+    let acts = sim.apply_ok(&acts);
+    assert_eq!(
+        changes(&acts),
+        [Change::Truncated {
+            topic: topic(R),
+            from: Watermark(4),
+            to: Watermark(18)
+        }]
+    );
+    // The socket drop that follows a stale frame changes nothing; the new socket resumes at 18.
+    sim.handle(Event::Disconnected(c, "1006".into()));
+    let (_, after) = connect_topic(&acts).expect("reconnects after the truncation commits");
+    assert_eq!(after, 18);
+    assert_eq!(sim.e.metrics().truncated_messages, 15);
+}
+
+#[test]
+fn fanout_poll_transport_keeps_the_servers_interval_and_honours_429() {
+    let mut c = fcfg(FanoutTransport::Poll);
+    c.poll_min_interval = Duration::from_millis(300);
+    c.poll_interval = Duration::from_millis(1000);
+    let mut sim = Sim::with_cfg(c);
+    let acts = sim.start_with(&[]);
+    assert_eq!(polls(&acts), [(0, 200)]);
+    let t0 = sim.now;
+    // A full page: the next poll comes after the minimum interval, not before.
+    let acts = sim.handle(polled(Ok(page(1..=200, 500, 0))));
+    let acts = commit_all(&mut sim, acts);
+    assert!(polls(&acts).is_empty());
+    assert!(polls(&sim.advance(299)).is_empty());
+    let acts = sim.advance(1);
+    assert_eq!(polls(&acts), [(200, 200)]);
+    assert_eq!(sim.now.0 - t0.0, 300);
+    // 429: wait the whole retry_after_ms from the refusal.
+    let acts = sim.handle(polled(Err(poll_err(429, json!({"error":"rate_limited","retry_after_ms": 740})))));
+    assert!(polls(&acts).is_empty());
+    assert!(polls(&sim.advance(739)).is_empty());
+    assert_eq!(polls(&sim.advance(1)), [(200, 200)]);
+    assert_eq!(sim.e.metrics().rate_limited, 1);
+    // Caught up: poll at the live period, and the topic is live over "poll".
+    let acts = sim.handle(polled(Ok(page(201..=500, 500, 0))));
+    commit_all(&mut sim, acts);
+    assert_eq!(sim.e.status().topics[0].phase, TopicPhase::Live);
+    assert_eq!(sim.e.status().transport, "poll");
+    assert!(polls(&sim.advance(999)).is_empty());
+    assert_eq!(polls(&sim.advance(1)), [(500, 200)]);
+}
+
+#[test]
+fn fanout_poll_eviction_and_budget_stale_never_move_backwards_or_loop() {
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::Poll));
+    sim.start_with(&[(R, 50)]);
+    let acts = sim.handle(polled(Err(poll_err(409, json!({"error":"slow_consumer_evicted",
+        "details":{"topic":R,"lag":900,"lag_threshold":300,"strikes":3,"max_strikes":3,"suggested_after_seq":0}})))));
+    assert!(polls(&acts).is_empty());
+    assert_eq!(polls(&sim.advance(300)), [(50, 200)], "suggested 0 is not a reason to go back");
+    // Stale by budget only: resuming at the oldest cursor would be stale again.
+    let acts = sim.handle(polled(Err(poll_err(410, json!({"error":"stale_cursor","details":{"topic":R,
+        "requested_cursor":50,"oldest_available_cursor":40,"head_cursor":5000,
+        "reason_codes":["replay_budget_exceeded"],"replay_lag":4950,"replay_budget_events":3000}})))));
+    let b = applies(&acts);
+    assert_eq!(b[0].new_watermark, Watermark(2000));
+    let acts = sim.apply_ok(&acts);
+    assert_eq!(changes(&acts).len(), 1);
+    let acts = sim.advance(300);
+    assert_eq!(polls(&acts), [(2000, 200)]);
+}
+
+#[test]
+fn fanout_expired_token_is_refreshed_once_then_paced() {
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::Poll));
+    sim.start_with(&[]);
+    let expired = || polled(Err(poll_err(401, json!({"error":"unauthorized","reason_code":"token_expired"}))));
+    let acts = sim.handle(expired());
+    assert_eq!(kinds(&acts), ["FetchToken"]);
+    let acts = sim.token(grant(300, None));
+    assert!(polls(&acts).is_empty(), "not closer than the minimum interval");
+    assert_eq!(polls(&sim.advance(300)), [(0, 200)], "retried with the new token");
+    // The fresh token is refused too: no immediate mint loop.
+    let acts = sim.handle(expired());
+    assert!(kinds(&acts).iter().all(|k| k != "FetchToken"), "{:?}", kinds(&acts));
+    let later = sim.advance(60_000);
+    let mints = kinds(&later).iter().filter(|k| *k == "FetchToken").count();
+    assert!((1..=4).contains(&mints), "paced mints in 60 s: {mints}");
+}
+
+#[test]
+fn fanout_blocked_websocket_falls_back_to_polling() {
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::Auto));
+    let acts = sim.start_with(&[]);
+    let (c, _) = connect_topic(&acts).unwrap();
+    let proxy = || http_status(502, "bad_gateway", None);
+    sim.handle(Event::ConnectFailed(c, proxy()));
+    // The probe poll (sent with the first socket) works: HTTP gets through.
+    let acts = sim.handle(polled(Ok(page(1..=1, 5, 0))));
+    commit_all(&mut sim, acts);
+    let acts = sim.advance(60_000);
+    let (c2, _) = connect_topic(&acts).expect("one more WebSocket try");
+    sim.handle(Event::ConnectFailed(c2, proxy()));
+    // The second socket's probe is still answered.
+    let acts = sim.handle(polled(Ok(page(2..=2, 5, 0))));
+    let mut acts: Vec<Action> = acts.into_iter().chain(sim.advance(1_000)).collect();
+    assert!(!polls(&acts).is_empty(), "polls after two blocked upgrades");
+    assert_eq!(sim.e.status().transport, "poll");
+    acts = commit_all(&mut sim, acts);
+    let _ = acts;
+    let acts = sim.handle(polled(Ok(page(2..=5, 5, 0))));
+    commit_all(&mut sim, acts);
+    assert_eq!(sim.e.status().topics[0].phase, TopicPhase::Live);
+    assert_eq!(sim.e.watermark(&topic(R)), Some(Watermark(5)));
+}
+
+#[test]
+fn auto_dialect_switches_to_fanout_when_the_phoenix_route_is_missing() {
+    let mut c = cfg(&[R]);
+    c.dialect = Dialect::Auto;
+    let mut sim = Sim::with_cfg(c);
+    let acts = sim.start_with(&[(R, 7)]);
+    let conn = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Connect { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .expect("tries Phoenix first");
+    let acts = sim.handle(Event::ConnectFailed(conn, http_status(404, "not_found", None)));
+    let (_, after) = connect_topic(&acts).expect("dialect F socket");
+    assert_eq!(after, 7);
+    assert!(!kinds(&acts).iter().any(|k| k.starts_with("BeginSnapshot")));
+}
+
+#[test]
+fn fanout_gap_restarts_the_topic_from_the_committed_position() {
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::WebSocket));
+    let acts = sim.start_with(&[]);
+    let (c, _) = connect_topic(&acts).unwrap();
+    sim.handle(Event::Connected(c));
+    let acts = sim.handle(Event::Frame(c, fframe(1)));
+    let acts = commit_all(&mut sim, acts);
+    assert_eq!(applies(&acts).len(), 1);
+    let acts = sim.handle(Event::Frame(c, fframe(3)));
+    assert!(kinds(&acts).contains(&format!("Close#{}", c.0)), "{:?}", kinds(&acts));
+    let (_, after) = connect_topic(&acts).expect("reconnect from the committed position");
+    assert_eq!(after, 1);
+    assert_eq!(sim.e.metrics().gaps, 1);
+}
+
+#[test]
+fn fanout_forbidden_topic_fails_only_that_topic() {
+    let mut c = cfg(&[R, "run:r2:events"]);
+    c.dialect = Dialect::Fanout;
+    c.fanout_transport = FanoutTransport::WebSocket;
+    let mut sim = Sim::with_cfg(c);
+    let acts = sim.start_with(&[]);
+    let conns: Vec<ConnId> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::ConnectTopic { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(conns.len(), 2, "one socket per topic");
+    sim.handle(Event::ConnectFailed(conns[0], http_status(403, "forbidden_topic", None)));
+    let st = sim.e.status();
+    assert_eq!(st.topics[0].phase, TopicPhase::Failed);
+    assert_eq!(st.topics[0].error.as_ref().map(SyncError::code), Some("topic_forbidden"));
+    assert_ne!(st.topics[1].phase, TopicPhase::Failed);
+    // No retry of a forbidden topic.
+    let later = sim.advance(120_000);
+    assert!(!kinds(&later).iter().any(|k| k.contains(&format!("{R}@"))), "{:?}", kinds(&later));
+}
