@@ -490,8 +490,17 @@ fn error_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn invalid_request(message: &str) -> Response {
-    error_response(
+/// An error answer (status, JSON body): small, unlike `Response`.
+struct Reject(StatusCode, Value);
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        error_response(self.0, self.1)
+    }
+}
+
+fn invalid_request(message: &str) -> Reject {
+    Reject(
         StatusCode::BAD_REQUEST,
         json!({"error": "invalid_request", "message": message}),
     )
@@ -508,11 +517,11 @@ fn check(
     headers: &HeaderMap,
     topic: &str,
     rec: &mut FanoutRequest,
-) -> Result<(SyncClaims, TopicKind), Response> {
+) -> Result<(SyncClaims, TopicKind), Reject> {
     let cfg = &shared.config;
     let unauthorized = |reason: &str| {
         inc(&shared.fanout.counters.unauthorized);
-        error_response(
+        Reject(
             StatusCode::UNAUTHORIZED,
             json!({"error": "unauthorized", "reason_code": reason}),
         )
@@ -544,7 +553,7 @@ fn check(
         return Err(unauthorized("token_too_old"));
     }
     let forbidden = |error: &str, reason: &str| {
-        error_response(
+        Reject(
             StatusCode::FORBIDDEN,
             json!({"error": error, "reason_code": reason}),
         )
@@ -568,7 +577,7 @@ fn check(
 }
 
 /// `Ok(None)` when absent, `Err` when present but not a non-negative integer.
-fn u64_param(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
+fn u64_param(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Reject> {
     match params.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -580,7 +589,7 @@ fn u64_param(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>
 
 type QueryParams = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn params_of(query: QueryParams) -> Result<HashMap<String, String>, Response> {
+fn params_of(query: QueryParams) -> Result<HashMap<String, String>, Reject> {
     query
         .map(|q| q.0)
         .map_err(|_| invalid_request("malformed query string"))
@@ -630,16 +639,16 @@ fn ws_answer(
     }
     let kind = match check(shared, headers, &topic, rec) {
         Ok((_, kind)) => kind,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let cfg = &shared.config.fanout;
     let params = match params_of(query) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (after_seq, limit) = match (u64_param(&params, "after_seq"), u64_param(&params, "limit")) {
         (Ok(a), Ok(l)) => (a, l),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
     rec.after_seq = after_seq;
     rec.limit = limit;
@@ -876,7 +885,7 @@ fn poll_answer(
 ) -> Response {
     let (claims, kind) = match check(shared, headers, topic, rec) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let cfg = &shared.config.fanout;
     let interval = match shared
@@ -908,21 +917,21 @@ fn poll_answer(
     }
     let params = match params_of(query) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let after_seq = match u64_param(&params, "after_seq") {
         Ok(Some(a)) => a,
-        Ok(None) => return invalid_request("after_seq is required"),
-        Err(r) => return r,
+        Ok(None) => return invalid_request("after_seq is required").into_response(),
+        Err(r) => return r.into_response(),
     };
     let limit = match u64_param(&params, "limit") {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     rec.after_seq = Some(after_seq);
     rec.limit = limit;
     match limit {
-        Some(0) => return invalid_request("limit must be at least 1"),
+        Some(0) => return invalid_request("limit must be at least 1").into_response(),
         Some(l) if l > POLL_LIMIT_REJECT_ABOVE => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,

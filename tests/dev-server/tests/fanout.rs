@@ -176,20 +176,18 @@ async fn next_json(ws: &mut Ws) -> Value {
 /// Reads until the connection ends; asserts it ended without a close frame and without
 /// further text frames.
 async fn assert_dropped_without_close(ws: &mut Ws) {
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("connection ends within 5 s");
-        match next {
-            None => return,
-            Some(Err(tungstenite::Error::Protocol(
-                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            ))) => return,
-            Some(Err(tungstenite::Error::Io(_))) => return,
-            Some(Err(e)) => panic!("unexpected error {e}"),
-            Some(Ok(Message::Close(c))) => panic!("got a close frame {c:?}; expected a TCP drop"),
-            Some(Ok(m)) => panic!("unexpected frame after the last one: {m:?}"),
-        }
+    let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("connection ends within 5 s");
+    match next {
+        None
+        | Some(Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )))
+        | Some(Err(tungstenite::Error::Io(_))) => {}
+        Some(Err(e)) => panic!("unexpected error {e}"),
+        Some(Ok(Message::Close(c))) => panic!("got a close frame {c:?}; expected a TCP drop"),
+        Some(Ok(m)) => panic!("unexpected frame after the last one: {m:?}"),
     }
 }
 
@@ -704,8 +702,7 @@ async fn unauthorized_reasons() {
         let got = reason(
             ws_connect(&server, topic, "after_seq=0", tok.as_deref())
                 .await
-                .err()
-                .expect("upgrade refused"),
+                .expect_err("upgrade refused"),
         );
         assert_eq!(got, (401, (*want).to_owned()), "ws with {want}");
     }
@@ -760,8 +757,7 @@ async fn forbidden_topic_and_origin() {
     assert_eq!((s, err(&b).0.as_str()), (403, "forbidden_topic"));
     let (s, b) = ws_connect(&server, topic, "after_seq=0", Some(&limited))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!((s, err(&b).0.as_str()), (403, "forbidden_topic"));
     // A run-events token does not cover worker topics.
     let run_only = minted(&server, 0, 300, false);
@@ -814,8 +810,7 @@ async fn ws_blocked_fault_answers_502_and_polls_still_work() {
     assert_eq!(active["fanout_ws_blocked"], true);
     let (s, body) = ws_connect(&server, topic, "after_seq=0", Some(&t))
         .await
-        .err()
-        .expect("blocked");
+        .expect_err("blocked");
     assert_eq!(s, 502);
     assert!(
         serde_json::from_str::<Value>(&body).is_err(),
@@ -872,8 +867,7 @@ async fn reject_auth_fault_counts_down() {
     assert_eq!(remaining(get_faults().await), Some(1));
     let (s, b) = ws_connect(&server, topic, "after_seq=0", Some(&t))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(s, 401);
     assert!(b.contains("token_expired"), "{b}");
     assert_eq!(remaining(get_faults().await), Some(0));
