@@ -1,8 +1,10 @@
 //! Reference Khala dev server for khala-sync's tests and demo.
 //!
 //! Implements dialect P of `PROTOCOL.md` (the Phoenix channel `sync:v1`, §2), the token route
-//! (§1), the (khala-sync) snapshot and doc routes (§3, §4), fan-out metrics (§5) and the
-//! clarifications of §7, plus a `/dev` control API (publish, faults, state) for tests.
+//! (§1), the (khala-sync) snapshot and doc routes (§3, §4), fan-out metrics (§5), dialect F
+//! (the runtime fanout's per-topic WebSocket and poll routes over event logs, §6, mimicking
+//! the observed behaviour of §6.1) and the clarifications of §7, plus a `/dev` control API
+//! (publish, events, faults, state) for tests.
 //! It is an independent implementation — it does not depend on the `khala-sync` crate — so
 //! it cross-checks the SDK rather than mirroring it. See `README.md` for the decisions taken
 //! where PROTOCOL.md leaves room.

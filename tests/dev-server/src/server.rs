@@ -71,6 +71,16 @@ impl std::fmt::Debug for DevServer {
     }
 }
 
+/// RFC 3986 path-segment encoding: everything but unreserved characters.
+fn encode_segment(segment: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
 pub(crate) fn apply_faults(shared: &Shared, f: &Faults) {
     shared.faults.apply(f);
     if f.reset {
@@ -365,6 +375,26 @@ impl DevServer {
             &format!("run:{run_id}:events"),
             "run.started",
             serde_json::json!({"run_id": run_id}),
+        )
+    }
+
+    /// Dialect F: `ws://127.0.0.1:PORT/internal/v1/khala/topics/{topic}/ws` with the topic
+    /// percent-encoded (append `?after_seq=N&limit=N`).
+    pub fn fanout_ws_url(&self, topic: &str) -> String {
+        format!(
+            "ws://{}/internal/v1/khala/topics/{}/ws",
+            self.inner.addr,
+            encode_segment(topic)
+        )
+    }
+
+    /// Dialect F: `http://127.0.0.1:PORT/internal/v1/khala/topics/{topic}/messages` with the
+    /// topic percent-encoded (append `?after_seq=N&limit=N`).
+    pub fn fanout_messages_url(&self, topic: &str) -> String {
+        format!(
+            "http://{}/internal/v1/khala/topics/{}/messages",
+            self.inner.addr,
+            encode_segment(topic)
         )
     }
 

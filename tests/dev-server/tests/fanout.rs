@@ -73,10 +73,6 @@ fn minted(
     })
 }
 
-fn enc(topic: &str) -> String {
-    topic.replace(':', "%3A")
-}
-
 async fn poll_with(
     server: &DevServer,
     topic: &str,
@@ -84,11 +80,8 @@ async fn poll_with(
     auth: Option<&str>,
     origin: Option<&str>,
 ) -> (u16, String) {
-    let mut req = reqwest::Client::new().get(format!(
-        "{}/internal/v1/khala/topics/{}/messages?{query}",
-        server.base_url(),
-        enc(topic)
-    ));
+    let mut req =
+        reqwest::Client::new().get(format!("{}?{query}", server.fanout_messages_url(topic)));
     if let Some(t) = auth {
         req = req.bearer_auth(t);
     }
@@ -117,11 +110,7 @@ fn seqs(page: &Value) -> Vec<u64> {
 }
 
 fn ws_url(server: &DevServer, topic: &str, query: &str) -> String {
-    format!(
-        "ws://{}/internal/v1/khala/topics/{}/ws?{query}",
-        server.addr(),
-        enc(topic)
-    )
+    format!("{}?{query}", server.fanout_ws_url(topic))
 }
 
 /// Connects; `Err(status)` when the upgrade is refused with an HTTP answer.
