@@ -290,7 +290,7 @@ async fn poll_first_page_and_fields() {
 async fn rate_limit_429_restarts_the_window() {
     let server = start(DevServerConfig {
         fanout: FanoutConfig {
-            poll_min_interval: Duration::from_millis(500),
+            poll_min_interval: Duration::from_millis(1500),
             ..FanoutConfig::default()
         },
         ..DevServerConfig::default()
@@ -298,21 +298,27 @@ async fn rate_limit_429_restarts_the_window() {
     .await;
     let t = fanout_token(&server).await;
     let topic = "run:rl:events";
+    // Wide margins (a shared 2-core machine): polls at 0, 500 and 1700 ms, window 1500 ms.
     server.create_run("rl");
     let t0 = Instant::now();
     let (s, _) = poll(&server, &t, topic, "after_seq=0&limit=10").await;
     assert_eq!(s, 200);
-    tokio::time::sleep_until((t0 + Duration::from_millis(250)).into()).await;
+    tokio::time::sleep_until((t0 + Duration::from_millis(500)).into()).await;
     let (s, b) = poll(&server, &t, topic, "after_seq=0&limit=10").await;
     assert_eq!(s, 429, "{b}");
     assert_eq!(b["error"], "rate_limited");
     let retry = b["retry_after_ms"].as_u64().expect("retry_after_ms");
     // The 429 restarted the window: the whole interval remains, plus 0..=50 ms jitter.
-    assert!((500..=550).contains(&retry), "{retry}");
-    // 600 ms after the first poll: past its window, but the 429 at 250 ms restarted it.
-    tokio::time::sleep_until((t0 + Duration::from_millis(600)).into()).await;
+    assert!((1500..=1550).contains(&retry), "{retry}");
+    // 1700 ms after the first poll: past its window, but the 429 at 500 ms restarted it.
+    tokio::time::sleep_until((t0 + Duration::from_millis(1700)).into()).await;
     let (s, b) = poll(&server, &t, topic, "after_seq=0&limit=10").await;
     assert_eq!(s, 429, "a 429 must restart the window: {b}");
+    let at: Vec<Instant> = server.fanout_requests().iter().map(|r| r.at).collect();
+    assert!(
+        at[2] - at[0] > Duration::from_millis(1500),
+        "the third poll is past the first poll's window (server clock)"
+    );
     // Other topics of the same subject are not affected.
     let (s, _) = poll(&server, &t, "run:other:events", "after_seq=0&limit=10").await;
     assert_eq!(s, 200);
