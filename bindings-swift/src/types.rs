@@ -175,6 +175,16 @@ pub enum Change {
         /// Documents in the snapshot.
         docs: u64,
     },
+    /// Dialect F: messages `from...to` were evicted by the server before they could be
+    /// fetched; they were skipped (never silently) and the watermark is now `to`.
+    Truncated {
+        /// Topic.
+        topic: String,
+        /// First missing sequence.
+        from: u64,
+        /// Last missing sequence.
+        to: u64,
+    },
 }
 
 impl From<ks::Change> for Change {
@@ -210,6 +220,11 @@ impl From<ks::Change> for Change {
                 topic: topic.as_str().to_owned(),
                 watermark: watermark.get(),
                 docs,
+            },
+            ks::Change::Truncated { topic, from, to } => Change::Truncated {
+                topic: topic.as_str().to_owned(),
+                from: from.get(),
+                to: to.get(),
             },
         }
     }

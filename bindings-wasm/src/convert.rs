@@ -162,9 +162,12 @@ enum JsChange<'a> {
         watermark: u64,
         docs: u64,
     },
+    #[serde(rename_all = "camelCase")]
+    Truncated { topic: &'a str, from: u64, to: u64 },
 }
 
-/// `{type: "upsert"|"delete"|"bootstrapped", topic, key?, version?, value?, watermark, docs?}`.
+/// `{type: "upsert"|"delete"|"bootstrapped"|"truncated", topic, key?, version?, value?,
+/// watermark?, docs?, from?, to?}`.
 pub(crate) fn change(c: &Change) -> JsValue {
     to_js(&match c {
         Change::Upsert {
@@ -197,6 +200,11 @@ pub(crate) fn change(c: &Change) -> JsValue {
             topic: topic.as_str(),
             watermark: watermark.0,
             docs: *docs,
+        },
+        Change::Truncated { topic, from, to } => JsChange::Truncated {
+            topic: topic.as_str(),
+            from: from.0,
+            to: to.0,
         },
     })
 }

@@ -16,13 +16,16 @@ pub mod endpoint;
 #[cfg(feature = "native")]
 pub mod native;
 
-pub use engine::{Change, ConnectionState, Metrics, SyncStatus, TopicPhase, TopicStatus};
+pub use engine::{
+    Change, ConnectionState, Dialect, FanoutTransport, Metrics, SyncStatus, TopicPhase, TopicStatus,
+};
 pub use protocol::{DocKey, Topic, Watermark};
 pub use store::StoredDoc;
 
 #[cfg(feature = "native")]
 pub use native::{
-    ClientOptions, CredentialProvider, CredentialsFuture, SyncClient, SyncClientBuilder,
+    ClientOptions, CredentialProvider, CredentialsFuture, ProvidedToken, SyncClient,
+    SyncClientBuilder, TokenFuture, TokenProvider,
 };
 
 /// Compiles the README's code blocks as doc tests.

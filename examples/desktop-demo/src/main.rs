@@ -16,7 +16,8 @@ use futures::StreamExt;
 use khala_dev_server::{DevServer, DevServerConfig};
 use khala_sync::store::{SqliteOptions, SqliteStore, Store};
 use khala_sync::{
-    Change, ClientOptions, ConnectionState, SyncClient, SyncStatus, Topic, TopicPhase,
+    Change, ClientOptions, ConnectionState, Dialect, FanoutTransport, SyncClient, SyncStatus,
+    Topic, TopicPhase,
 };
 use serde_json::json;
 
@@ -59,6 +60,34 @@ struct Cli {
     /// Allow http:// to a non-loopback server (testing only).
     #[arg(long)]
     allow_insecure: bool,
+    /// Wire dialect: `phoenix` (one socket, PROTOCOL.md §2), `fanout` (per-topic socket or
+    /// poll, §6) or `auto` (Phoenix, fanout when the server has no Phoenix route).
+    #[arg(long, value_enum, default_value_t = DialectArg::Auto)]
+    dialect: DialectArg,
+    /// Dialect F transport: `auto` (WebSocket, poll when it cannot be opened), `websocket`,
+    /// `poll`.
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+    transport: TransportArg,
+    /// Use this sync token (JWT) as is instead of calling the token route.
+    #[arg(long)]
+    sync_token: Option<String>,
+    /// Token route URL, when it is not `<server>/api/sync/token`.
+    #[arg(long)]
+    token_url: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum DialectArg {
+    Phoenix,
+    Fanout,
+    Auto,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum TransportArg {
+    Auto,
+    Websocket,
+    Poll,
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,9 +151,13 @@ async fn run(cli: &Cli) -> Result<(), String> {
     let (base_url, app_token) = match &cli.server {
         Some(url) => (
             url.clone(),
-            cli.app_token
-                .clone()
-                .ok_or("--app-token is required with --server")?,
+            match (&cli.app_token, &cli.sync_token) {
+                (Some(t), _) => t.clone(),
+                (None, Some(_)) => String::new(),
+                (None, None) => {
+                    return Err("--app-token or --sync-token is required with --server".into())
+                }
+            },
         ),
         None => {
             let server = start_local_server(cli, &topics).await?;
@@ -139,15 +172,28 @@ async fn run(cli: &Cli) -> Result<(), String> {
     let options = ClientOptions {
         allow_insecure_non_loopback: cli.allow_insecure,
         client_name: "khala-sync-demo".into(),
+        dialect: match cli.dialect {
+            DialectArg::Phoenix => Dialect::Phoenix,
+            DialectArg::Fanout => Dialect::Fanout,
+            DialectArg::Auto => Dialect::Auto,
+        },
+        fanout_transport: match cli.transport {
+            TransportArg::Auto => FanoutTransport::Auto,
+            TransportArg::Websocket => FanoutTransport::WebSocket,
+            TransportArg::Poll => FanoutTransport::Poll,
+        },
+        token_url: cli.token_url.clone(),
         ..ClientOptions::default()
     };
-    let client = SyncClient::builder(base_url)
+    let mut builder = SyncClient::builder(base_url)
         .app_bearer_token(app_token)
         .topics(topics.clone())
         .database_path(&cli.db)
-        .options(options)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .options(options);
+    if let Some(t) = &cli.sync_token {
+        builder = builder.sync_token(t.clone());
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
     let mut changes = Box::pin(client.all_changes());
     let mut statuses = Box::pin(client.status());
     client.start().map_err(|e| e.to_string())?;
@@ -447,6 +493,9 @@ fn change_line(c: &Change) -> String {
         } => {
             format!("{topic} bootstrapped from snapshot: {docs} docs @{watermark}")
         }
+        Change::Truncated { topic, from, to } => format!(
+            "{topic} TRUNCATED: messages {from}..={to} were evicted by the server before they could be fetched"
+        ),
     }
 }
 
@@ -494,6 +543,9 @@ fn change_json(c: &Change) -> serde_json::Value {
         } => json!({
             "type": "change", "kind": "bootstrapped", "topic": topic.as_str(), "watermark": watermark.get(), "docs": docs,
         }),
+        Change::Truncated { topic, from, to } => json!({
+            "type": "change", "kind": "truncated", "topic": topic.as_str(), "from": from.get(), "to": to.get(),
+        }),
     }
 }
 
@@ -510,9 +562,18 @@ async fn dump(db: &Path, topic: Option<&str>) -> Result<(), String> {
         if topic.is_some_and(|want| want != t.as_str()) {
             continue;
         }
-        for d in store.list(t.clone()).await.map_err(|e| e.to_string())? {
-            let payload: serde_json::Value =
-                serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null);
+        let mut docs = store.list(t.clone()).await.map_err(|e| e.to_string())?;
+        // Event logs (dialect F) are keyed by sequence: list them in sequence order.
+        if docs
+            .iter()
+            .all(|d| d.doc_key.as_str().parse::<u64>().is_ok())
+        {
+            docs.sort_by_key(|d| d.doc_key.as_str().parse::<u64>().unwrap_or(0));
+        }
+        for d in docs {
+            // The stored payload text as is (numbers such as -0.0 or 2^53+1 stay exact).
+            let payload = serde_json::value::RawValue::from_string(d.payload)
+                .map_err(|e| format!("stored payload is not JSON: {e}"))?;
             let line = json!({
                 "topic": d.topic.as_str(),
                 "doc_key": d.doc_key.as_str(),

@@ -136,7 +136,7 @@ impl Engine {
         if self.life != Life::Running || self.bound != super::Bound::Yes {
             return;
         }
-        if !self.token.as_ref().is_some_and(|t| t.expires_at > self.now) {
+        if self.token.as_ref().is_none_or(|t| t.expires_at <= self.now) {
             self.request_token();
             return;
         }
@@ -187,7 +187,7 @@ impl Engine {
         let now = self.now;
         let gen = self.token_gen;
         let f = &mut self.fan[i];
-        let probe = !(f.evicted && self.topics[i].head.is_some()) && !f.no_probe;
+        let probe = !(f.no_probe || f.evicted && self.topics[i].head.is_some());
         f.conn = Some(id);
         f.open = false;
         f.opened_at = now;
@@ -735,10 +735,7 @@ impl Engine {
 
     fn f_check_catch_up(&mut self) {
         if self.metrics.catch_up_ms.is_none()
-            && self
-                .topics
-                .iter()
-                .all(super::topic::TopicState::is_settled)
+            && self.topics.iter().all(super::topic::TopicState::is_settled)
         {
             if let Some(s) = self.started_at {
                 self.metrics.catch_up_ms = Some(self.now.since(s).as_millis() as u64);
@@ -810,10 +807,7 @@ impl Engine {
 
     /// Connection-level state for the status.
     pub(super) fn f_state(&self) -> (bool, bool) {
-        let connected = self
-            .fan
-            .iter()
-            .any(|f| f.open || (f.on_poll && f.poll_ok));
+        let connected = self.fan.iter().any(|f| f.open || (f.on_poll && f.poll_ok));
         let waiting = self
             .fan
             .iter()

@@ -222,13 +222,23 @@ fn kind(a: &Action) -> Option<String> {
             topic,
             after_seq,
             ..
-        } => format!("ConnectTopic#{} {}@{}", conn.0, alias(topic.as_str()), after_seq.get()),
+        } => format!(
+            "ConnectTopic#{} {}@{}",
+            conn.0,
+            alias(topic.as_str()),
+            after_seq.get()
+        ),
         Action::Poll {
             topic,
             after_seq,
             limit,
             ..
-        } => format!("Poll {}@{} limit={}", alias(topic.as_str()), after_seq.get(), limit),
+        } => format!(
+            "Poll {}@{} limit={}",
+            alias(topic.as_str()),
+            after_seq.get(),
+            limit
+        ),
         Action::Apply(b) => format!(
             "Apply {} {}→{}",
             alias(b.topic.as_str()),
@@ -2100,7 +2110,13 @@ fn fanout_first_sync_over_websocket_learns_head_by_probe_and_goes_live() {
     let mut sim = Sim::with_cfg(fcfg(FanoutTransport::Auto));
     let acts = sim.start_with(&[]);
     // No snapshot for event logs: a socket from 0 plus a one-message probe for the head.
-    assert_eq!(kinds(&acts), ["ConnectTopic#1 run:r1:events@0", "Poll run:r1:events@0 limit=1"]);
+    assert_eq!(
+        kinds(&acts),
+        [
+            "ConnectTopic#1 run:r1:events@0",
+            "Poll run:r1:events@0 limit=1"
+        ]
+    );
     let (c, _) = connect_topic(&acts).unwrap();
     sim.handle(Event::Connected(c));
     sim.handle(Event::Frame(c, r#"{"type":"hello","topic":"run:r1:events","after_seq":0,"limit":200,"recommended_reconnect_backoff_ms":500}"#.into()));
@@ -2111,7 +2127,10 @@ fn fanout_first_sync_over_websocket_learns_head_by_probe_and_goes_live() {
     }
     // The first message commits at once; the rest (and the probe's duplicate) form a group.
     let all = commit_all(&mut sim, acts);
-    let a: Vec<String> = kinds(&all).into_iter().filter(|k| k.starts_with("Apply")).collect();
+    let a: Vec<String> = kinds(&all)
+        .into_iter()
+        .filter(|k| k.starts_with("Apply"))
+        .collect();
     assert_eq!(a, ["Apply run:r1:events 0→1", "Apply run:r1:events 1→3"]);
     let ch = changes(&all);
     assert_eq!(ch.len(), 3, "every message once: {ch:?}");
@@ -2167,13 +2186,23 @@ fn fanout_stale_cursor_reports_a_truncation_and_continues() {
     let acts = sim.start_with(&[(R, 3)]);
     let (c, _) = connect_topic(&acts).unwrap();
     sim.handle(Event::Connected(c));
-    let acts = sim.handle(Event::Frame(c, json!({"type":"stale_cursor","topic":R,"requested_cursor":3,
+    let acts = sim.handle(Event::Frame(
+        c,
+        json!({"type":"stale_cursor","topic":R,"requested_cursor":3,
         "oldest_available_cursor":18,"head_cursor":21,"reason_codes":["retention_floor_breach"],
-        "replay_lag":18,"replay_budget_events":20000,"qos_tier":"warm"}).to_string()));
+        "replay_lag":18,"replay_budget_events":20000,"qos_tier":"warm"})
+        .to_string(),
+    ));
     let b = applies(&acts);
     assert_eq!(b.len(), 1);
-    assert_eq!((b[0].expected_watermark, b[0].new_watermark), (Watermark(3), Watermark(18)));
-    assert!(b[0].writes.is_empty(), "nothing invented for the evicted range");
+    assert_eq!(
+        (b[0].expected_watermark, b[0].new_watermark),
+        (Watermark(3), Watermark(18))
+    );
+    assert!(
+        b[0].writes.is_empty(),
+        "nothing invented for the evicted range"
+    );
     assert!(kinds(&acts).contains(&format!("Close#{}", c.0)));
     let acts = sim.apply_ok(&acts);
     assert_eq!(
@@ -2209,7 +2238,10 @@ fn fanout_poll_transport_keeps_the_servers_interval_and_honours_429() {
     assert_eq!(polls(&acts), [(200, 200)]);
     assert_eq!(sim.now.0 - t0.0, 300);
     // 429: wait the whole retry_after_ms from the refusal.
-    let acts = sim.handle(polled(Err(poll_err(429, json!({"error":"rate_limited","retry_after_ms": 740})))));
+    let acts = sim.handle(polled(Err(poll_err(
+        429,
+        json!({"error":"rate_limited","retry_after_ms": 740}),
+    ))));
     assert!(polls(&acts).is_empty());
     assert!(polls(&sim.advance(739)).is_empty());
     assert_eq!(polls(&sim.advance(1)), [(200, 200)]);
@@ -2230,11 +2262,18 @@ fn fanout_poll_eviction_and_budget_stale_never_move_backwards_or_loop() {
     let acts = sim.handle(polled(Err(poll_err(409, json!({"error":"slow_consumer_evicted",
         "details":{"topic":R,"lag":900,"lag_threshold":300,"strikes":3,"max_strikes":3,"suggested_after_seq":0}})))));
     assert!(polls(&acts).is_empty());
-    assert_eq!(polls(&sim.advance(300)), [(50, 200)], "suggested 0 is not a reason to go back");
+    assert_eq!(
+        polls(&sim.advance(300)),
+        [(50, 200)],
+        "suggested 0 is not a reason to go back"
+    );
     // Stale by budget only: resuming at the oldest cursor would be stale again.
-    let acts = sim.handle(polled(Err(poll_err(410, json!({"error":"stale_cursor","details":{"topic":R,
+    let acts = sim.handle(polled(Err(poll_err(
+        410,
+        json!({"error":"stale_cursor","details":{"topic":R,
         "requested_cursor":50,"oldest_available_cursor":40,"head_cursor":5000,
-        "reason_codes":["replay_budget_exceeded"],"replay_lag":4950,"replay_budget_events":3000}})))));
+        "reason_codes":["replay_budget_exceeded"],"replay_lag":4950,"replay_budget_events":3000}}),
+    ))));
     let b = applies(&acts);
     assert_eq!(b[0].new_watermark, Watermark(2000));
     let acts = sim.apply_ok(&acts);
@@ -2247,15 +2286,31 @@ fn fanout_poll_eviction_and_budget_stale_never_move_backwards_or_loop() {
 fn fanout_expired_token_is_refreshed_once_then_paced() {
     let mut sim = Sim::with_cfg(fcfg(FanoutTransport::Poll));
     sim.start_with(&[]);
-    let expired = || polled(Err(poll_err(401, json!({"error":"unauthorized","reason_code":"token_expired"}))));
+    let expired = || {
+        polled(Err(poll_err(
+            401,
+            json!({"error":"unauthorized","reason_code":"token_expired"}),
+        )))
+    };
     let acts = sim.handle(expired());
     assert_eq!(kinds(&acts), ["FetchToken"]);
     let acts = sim.token(grant(300, None));
-    assert!(polls(&acts).is_empty(), "not closer than the minimum interval");
-    assert_eq!(polls(&sim.advance(300)), [(0, 200)], "retried with the new token");
+    assert!(
+        polls(&acts).is_empty(),
+        "not closer than the minimum interval"
+    );
+    assert_eq!(
+        polls(&sim.advance(300)),
+        [(0, 200)],
+        "retried with the new token"
+    );
     // The fresh token is refused too: no immediate mint loop.
     let acts = sim.handle(expired());
-    assert!(kinds(&acts).iter().all(|k| k != "FetchToken"), "{:?}", kinds(&acts));
+    assert!(
+        kinds(&acts).iter().all(|k| k != "FetchToken"),
+        "{:?}",
+        kinds(&acts)
+    );
     let later = sim.advance(60_000);
     let mints = kinds(&later).iter().filter(|k| *k == "FetchToken").count();
     assert!((1..=4).contains(&mints), "paced mints in 60 s: {mints}");
@@ -2300,7 +2355,10 @@ fn auto_dialect_switches_to_fanout_when_the_phoenix_route_is_missing() {
             _ => None,
         })
         .expect("tries Phoenix first");
-    let acts = sim.handle(Event::ConnectFailed(conn, http_status(404, "not_found", None)));
+    let acts = sim.handle(Event::ConnectFailed(
+        conn,
+        http_status(404, "not_found", None),
+    ));
     let (_, after) = connect_topic(&acts).expect("dialect F socket");
     assert_eq!(after, 7);
     assert!(!kinds(&acts).iter().any(|k| k.starts_with("BeginSnapshot")));
@@ -2316,7 +2374,11 @@ fn fanout_gap_restarts_the_topic_from_the_committed_position() {
     let acts = commit_all(&mut sim, acts);
     assert_eq!(applies(&acts).len(), 1);
     let acts = sim.handle(Event::Frame(c, fframe(3)));
-    assert!(kinds(&acts).contains(&format!("Close#{}", c.0)), "{:?}", kinds(&acts));
+    assert!(
+        kinds(&acts).contains(&format!("Close#{}", c.0)),
+        "{:?}",
+        kinds(&acts)
+    );
     let (_, after) = connect_topic(&acts).expect("reconnect from the committed position");
     assert_eq!(after, 1);
     assert_eq!(sim.e.metrics().gaps, 1);
@@ -2337,12 +2399,22 @@ fn fanout_forbidden_topic_fails_only_that_topic() {
         })
         .collect();
     assert_eq!(conns.len(), 2, "one socket per topic");
-    sim.handle(Event::ConnectFailed(conns[0], http_status(403, "forbidden_topic", None)));
+    sim.handle(Event::ConnectFailed(
+        conns[0],
+        http_status(403, "forbidden_topic", None),
+    ));
     let st = sim.e.status();
     assert_eq!(st.topics[0].phase, TopicPhase::Failed);
-    assert_eq!(st.topics[0].error.as_ref().map(SyncError::code), Some("topic_forbidden"));
+    assert_eq!(
+        st.topics[0].error.as_ref().map(SyncError::code),
+        Some("topic_forbidden")
+    );
     assert_ne!(st.topics[1].phase, TopicPhase::Failed);
     // No retry of a forbidden topic.
     let later = sim.advance(120_000);
-    assert!(!kinds(&later).iter().any(|k| k.contains(&format!("{R}@"))), "{:?}", kinds(&later));
+    assert!(
+        !kinds(&later).iter().any(|k| k.contains(&format!("{R}@"))),
+        "{:?}",
+        kinds(&later)
+    );
 }

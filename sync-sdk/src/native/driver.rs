@@ -10,13 +10,13 @@ use crate::endpoint::{Endpoint, SecretUrl};
 use crate::engine::{
     Action, Change, ConnId, Engine, Event, HttpFailure, Metrics, Millis, Notification, SyncStatus,
 };
-use crate::protocol::token::TokenRequest;
+use crate::protocol::token::{SyncToken, TokenGrant, TokenRequest};
 use crate::protocol::DecodeLimits;
 use crate::store::Store;
 
 use super::http;
 use super::ws::{self, WsCmd};
-use super::CredentialProvider;
+use super::TokenSource;
 
 /// Bound of the IO → driver channel, in events (frames and HTTP results).
 pub(crate) const IO_CHANNEL_CAPACITY: usize = 256;
@@ -53,7 +53,9 @@ pub(crate) struct Driver {
     pub http: reqwest::Client,
     /// HTTP client for socket upgrades: no overall timeout (the upgraded stream lives long).
     pub ws_http: reqwest::Client,
-    pub credentials: Arc<dyn CredentialProvider>,
+    pub tokens: TokenSource,
+    /// `POST` target of the token route.
+    pub token_url: String,
     pub token_request: TokenRequest,
     pub client_name: String,
     pub client_build_id: String,
@@ -206,7 +208,8 @@ impl Driver {
                     limit,
                     token,
                 } => {
-                    let url = SecretUrl::public(self.endpoint.fanout_ws_url(&topic, after_seq, limit));
+                    let url =
+                        SecretUrl::public(self.endpoint.fanout_ws_url(&topic, after_seq, limit));
                     tracing::debug!(conn = conn.0, topic = %topic, after_seq = after_seq.get(), "connecting (fanout)");
                     tokio::spawn(ws::run_connection(
                         conn,
@@ -332,19 +335,35 @@ impl Driver {
 
     fn spawn_token_fetch(&self) {
         let http = self.http.clone();
-        let url = self.endpoint.token_url();
-        let creds = Arc::clone(&self.credentials);
+        let url = self.token_url.clone();
+        let tokens = self.tokens.clone();
         let req = self.token_request.clone();
         let limits = self.limits;
         self.spawn_event(async move {
-            let r = match creds.headers().await {
-                Ok(headers) => http::fetch_token(&http, &url, headers, &req, &limits).await,
-                Err(message) => Err(HttpFailure::Status {
-                    status: 401,
-                    code: Some("credentials_unavailable".into()),
-                    message,
-                    retry_after: None,
-                }),
+            let refused = |message: String, code: &str| HttpFailure::Status {
+                status: 401,
+                code: Some(code.into()),
+                message,
+                retry_after: None,
+            };
+            let r = match tokens {
+                TokenSource::Endpoint(creds) => match creds.headers().await {
+                    Ok(headers) => http::fetch_token(&http, &url, headers, &req, &limits).await,
+                    Err(message) => Err(refused(message, "credentials_unavailable")),
+                },
+                TokenSource::Provider(p) => match p.token().await {
+                    Ok(t) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        Ok(TokenGrant::from_provided(
+                            SyncToken::new(t.token),
+                            t.expires_in,
+                            now,
+                        ))
+                    }
+                    Err(message) => Err(refused(message, "token_provider_failed")),
+                },
             };
             Event::TokenFetched(r)
         });

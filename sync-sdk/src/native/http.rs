@@ -156,7 +156,8 @@ pub(crate) async fn poll(
     token: &SyncToken,
     limits: &DecodeLimits,
 ) -> Result<PollPage, PollFailure> {
-    let auth = bearer(token).map_err(|_| PollFailure::Transport("token is not a valid header value".into()))?;
+    let auth = bearer(token)
+        .map_err(|_| PollFailure::Transport("token is not a valid header value".into()))?;
     let resp = http
         .get(url)
         .header(AUTHORIZATION, auth)

@@ -35,7 +35,7 @@ use futures::Stream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::endpoint::Endpoint;
-use crate::engine::{Change, Engine, EngineConfig, Metrics, SyncStatus};
+use crate::engine::{Change, Dialect, Engine, EngineConfig, FanoutTransport, Metrics, SyncStatus};
 use crate::error::SyncError;
 use crate::protocol::token::TokenRequest;
 use crate::protocol::{DecodeLimits, DocKey, Topic};
@@ -62,6 +62,69 @@ where
 {
     fn headers(&self) -> CredentialsFuture {
         Box::pin(self())
+    }
+}
+
+/// A sync token the app obtained itself (see [`TokenProvider`]).
+#[derive(Clone)]
+pub struct ProvidedToken {
+    /// The JWT.
+    pub token: String,
+    /// Lifetime in seconds from now, if known; otherwise the JWT's `exp` is read (without
+    /// verifying it), else 300 s is assumed. The provider is asked again before then.
+    pub expires_in: Option<u64>,
+}
+
+impl fmt::Debug for ProvidedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProvidedToken")
+            .field("token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// The future a [`TokenProvider`] returns; `Err` is surfaced as an auth error (`resume()`
+/// asks again).
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<ProvidedToken, String>> + Send>>;
+
+/// Supplies sync tokens directly, for deployments that mint them somewhere other than
+/// `POST /api/sync/token`. Called whenever a token is needed (start, refresh, refusal).
+pub trait TokenProvider: Send + Sync + 'static {
+    /// A sync token.
+    fn token(&self) -> TokenFuture;
+}
+
+impl<F, Fut> TokenProvider for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<ProvidedToken, String>> + Send + 'static,
+{
+    fn token(&self) -> TokenFuture {
+        Box::pin(self())
+    }
+}
+
+/// Where sync tokens come from.
+#[derive(Clone)]
+pub(crate) enum TokenSource {
+    /// `POST /api/sync/token` with the app's credentials.
+    Endpoint(Arc<dyn CredentialProvider>),
+    /// The app's own provider.
+    Provider(Arc<dyn TokenProvider>),
+}
+
+struct StaticToken(String);
+
+impl TokenProvider for StaticToken {
+    fn token(&self) -> TokenFuture {
+        let token = self.0.clone();
+        Box::pin(async move {
+            Ok(ProvidedToken {
+                token,
+                expires_in: None,
+            })
+        })
     }
 }
 
@@ -114,6 +177,20 @@ pub struct ClientOptions {
     /// Largest group commit while catching up, in updates (see
     /// [`EngineConfig::group_commit_max_updates`]). Default 8,000.
     pub group_commit_max_updates: usize,
+    /// Wire dialect (PROTOCOL.md §2 / §6). Default [`Dialect::Auto`]: Phoenix, or the
+    /// runtime fanout when the server has no Phoenix socket route.
+    pub dialect: Dialect,
+    /// Dialect F transport. Default [`FanoutTransport::Auto`] (WebSocket, polling when a
+    /// topic's WebSocket cannot be opened twice in a row).
+    pub fanout_transport: FanoutTransport,
+    /// Dialect F: poll period of a caught-up topic on the poll transport. Default 1 s.
+    pub poll_interval: Duration,
+    /// Dialect F: shortest time between two polls of one topic. Default 300 ms (servers
+    /// refuse polls closer than 250 ms).
+    pub poll_min_interval: Duration,
+    /// Token route URL when it is not `<base>/api/sync/token` (same scheme rules as the
+    /// base URL: `https`, or `http` to loopback). Default `None`.
+    pub token_url: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -136,6 +213,11 @@ impl Default for ClientOptions {
             scopes: None,
             jitter_seed: None,
             group_commit_max_updates: 8_000,
+            dialect: Dialect::Auto,
+            fanout_transport: FanoutTransport::Auto,
+            poll_interval: Duration::from_secs(1),
+            poll_min_interval: Duration::from_millis(300),
+            token_url: None,
         }
     }
 }
@@ -150,6 +232,7 @@ enum StoreChoice {
 pub struct SyncClientBuilder {
     base_url: String,
     credentials: Option<Arc<dyn CredentialProvider>>,
+    token_provider: Option<Arc<dyn TokenProvider>>,
     topics: Vec<Topic>,
     store: StoreChoice,
     options: ClientOptions,
@@ -175,6 +258,20 @@ impl SyncClientBuilder {
     /// Shorthand for a fixed `Authorization: Bearer <token>` app credential.
     pub fn app_bearer_token(mut self, token: impl Into<String>) -> Self {
         self.credentials = Some(Arc::new(StaticBearer(token.into())));
+        self
+    }
+
+    /// Take sync tokens from `provider` instead of `POST /api/sync/token` (deployments that
+    /// mint sync tokens elsewhere). Replaces any credential provider.
+    pub fn token_provider(mut self, provider: impl TokenProvider) -> Self {
+        self.token_provider = Some(Arc::new(provider));
+        self
+    }
+
+    /// Use this sync token as is (no token route). When the server refuses it, the client
+    /// reports an auth error; give it a new one by building a new client.
+    pub fn sync_token(mut self, token: impl Into<String>) -> Self {
+        self.token_provider = Some(Arc::new(StaticToken(token.into())));
         self
     }
 
@@ -211,9 +308,15 @@ impl SyncClientBuilder {
     /// Validates the configuration and opens the store. Does not touch the network.
     pub fn build(self) -> Result<SyncClient, SyncError> {
         let endpoint = Endpoint::parse(&self.base_url, self.options.allow_insecure_non_loopback)?;
-        let credentials = self
-            .credentials
-            .ok_or_else(|| SyncError::Config("no credential provider configured".into()))?;
+        let tokens = match (self.token_provider, self.credentials) {
+            (Some(p), _) => TokenSource::Provider(p),
+            (None, Some(c)) => TokenSource::Endpoint(c),
+            (None, None) => {
+                return Err(SyncError::Config(
+                    "no credential provider or token provider configured".into(),
+                ))
+            }
+        };
         if self.topics.is_empty() {
             return Err(SyncError::Config("no topics configured".into()));
         }
@@ -227,6 +330,14 @@ impl SyncClientBuilder {
             StoreChoice::Custom(s) => s,
         };
         let opts = self.options;
+        let token_url = match &opts.token_url {
+            Some(u) => {
+                // Same security rules as the base URL (no plain http to remote hosts).
+                Endpoint::parse(u, opts.allow_insecure_non_loopback)?;
+                u.clone()
+            }
+            None => endpoint.token_url(),
+        };
         let mut cfg = EngineConfig::new(endpoint.origin(), self.topics.clone());
         cfg.replay_batch_size = opts.replay_batch_size;
         cfg.snapshot_page_limit = opts.snapshot_page_limit;
@@ -240,6 +351,10 @@ impl SyncClientBuilder {
             max_frame_bytes: opts.max_frame_bytes,
         };
         cfg.seed = opts.jitter_seed.unwrap_or_else(|| fastrand::u64(..));
+        cfg.dialect = opts.dialect;
+        cfg.fanout_transport = opts.fanout_transport;
+        cfg.poll_interval = opts.poll_interval;
+        cfg.poll_min_interval = opts.poll_min_interval;
         let engine = Engine::new(cfg.clone());
         let (status_tx, status_rx) = watch::channel(engine.status());
         let (changes_tx, _) = broadcast::channel(8192);
@@ -264,7 +379,8 @@ impl SyncClientBuilder {
             endpoint,
             http,
             ws_http,
-            credentials,
+            tokens,
+            token_url,
             token_request: TokenRequest {
                 scopes: opts.scopes.clone(),
                 topics: None,
@@ -336,6 +452,7 @@ impl SyncClient {
         SyncClientBuilder {
             base_url: base_url.into(),
             credentials: None,
+            token_provider: None,
             topics: Vec::new(),
             store: StoreChoice::Memory,
             options: ClientOptions::default(),

@@ -198,7 +198,8 @@ pub fn unverified_claims(token: &SyncToken) -> UnverifiedClaims {
     if payload.len() > 64 * 1024 {
         return UnverifiedClaims::default();
     }
-    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))
+    let Ok(bytes) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))
     else {
         return UnverifiedClaims::default();
     };
@@ -245,6 +246,7 @@ impl TokenGrant {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod provided_tests {
     use super::*;
 
