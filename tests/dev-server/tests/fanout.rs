@@ -625,10 +625,15 @@ async fn ws_from_zero_on_900_events_delivers_200_then_is_evicted() {
     assert_dropped_without_close(&mut ws).await;
 
     // Within the threshold the replay completes: from 600 (lag 300, not a strike).
-    let mut ws = ws_connect(&server, topic, "after_seq=600&limit=200", Some(&t))
+    // (`limit` is clamped to 200.)
+    let mut ws = ws_connect(&server, topic, "after_seq=600&limit=999", Some(&t))
         .await
         .expect("upgrade accepted");
-    assert_eq!(next_json(&mut ws).await["type"], "hello");
+    let hello = next_json(&mut ws).await;
+    assert_eq!(
+        (hello["type"].as_str(), hello["limit"].as_u64()),
+        (Some("hello"), Some(200))
+    );
     for seq in 601..=900u64 {
         assert_eq!(next_json(&mut ws).await["message"]["sequence"], seq);
     }
@@ -1109,4 +1114,74 @@ async fn fanout_logs_survive_a_restart_on_the_same_port() {
         4
     );
     again.shutdown().await;
+}
+
+/// Kills the child process on drop (also when an assertion fails).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn cli_seeds_runs_and_disables_phoenix() {
+    use std::io::BufRead;
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_khala-dev-server"))
+            .args([
+                "--port",
+                "0",
+                "--seed-run",
+                "demo:5",
+                "--seed-run",
+                "b.2:1",
+                "--ring-capacity",
+                "3",
+                "--no-phoenix",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("binary starts"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let base = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("khala dev server: ").map(str::to_owned))
+    })
+    .await
+    .expect("reader")
+    .expect("the binary prints its URL");
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        async move {
+            let resp = reqwest::get(url).await.expect("answers");
+            let status = resp.status().as_u16();
+            (status, resp.text().await.expect("body"))
+        }
+    };
+    let (s, text) = get("/dev/events/run:demo:events").await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["head_cursor"], 5);
+    assert_eq!(v["oldest_available_cursor"], 2, "ring of 3 keeps 3..=5");
+    assert_eq!(v["messages"][0]["kind"], "run.step");
+    assert_eq!(v["messages"][2]["payload"], json!({"step": 4}));
+    let (_, text) = get("/dev/events/run:b.2:events").await;
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["head_cursor"], 1);
+    assert_eq!(v["messages"][0]["kind"], "run.started");
+    let (s, _) = get("/sync/socket/websocket?vsn=2.0.0&token=x").await;
+    assert_eq!(s, 404);
+    let (s, text) = get("/internal/v1/khala/fanout/metrics").await;
+    assert_eq!(s, 200);
+    let m: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(m["fanout_topics"][0]["topic"], "run:b.2:events");
+    assert_eq!(m["fanout_topics"][1]["head_cursor"], 5);
+    assert_eq!(m["fanout_polls"], 0);
 }
