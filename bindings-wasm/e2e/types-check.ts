@@ -36,6 +36,34 @@ export async function quickStart(): Promise<void> {
     const err = e as KhalaSyncError;
     console.log(err.code, err.retryable);
   }
+  // Dialect F (runtime fanout) and the token sources besides `credentials`.
+  const fan = await KhalaSync.open({
+    baseUrl: 'https://sync.example.com',
+    topics: ['run:r1:events'],
+    dialect: 'fanout',
+    pollIntervalMs: 1000,
+    pollMinIntervalMs: 300,
+    syncToken: 'eyJ...',
+  });
+  const t: 'websocket' | 'poll' | (string & {}) = fan.status().transport;
+  console.log(t);
+  for await (const c of fan.changes('run:r1:events')) {
+    if (c.type === 'truncated') console.log(c.from, c.to);
+    break;
+  }
+  await KhalaSync.open({ baseUrl: 'x', topics: [], dialect: 'auto', tokenProvider: async () => 'jwt' });
+  await KhalaSync.open({ baseUrl: 'x', topics: [], tokenProvider: () => ({ token: 'jwt', expiresIn: 60 }) });
+  await KhalaSync.open({ baseUrl: 'x', topics: [], credentials: async () => ({}), tokenUrl: 'https://a/token' });
+  // @ts-expect-error exactly one token source
+  await KhalaSync.open({ baseUrl: 'x', topics: [], credentials: async () => ({}), syncToken: 'jwt' });
+  // @ts-expect-error a token source is required
+  await KhalaSync.open({ baseUrl: 'x', topics: [] });
+  // @ts-expect-error tokenUrl only with credentials
+  await KhalaSync.open({ baseUrl: 'x', topics: [], syncToken: 'jwt', tokenUrl: 'https://a/token' });
+  // @ts-expect-error unknown dialect
+  await KhalaSync.open({ baseUrl: 'x', topics: [], syncToken: 'jwt', dialect: 'grpc' });
+  // @ts-expect-error tokenProvider returns a token
+  await KhalaSync.open({ baseUrl: 'x', topics: [], tokenProvider: async () => 42 });
   // @ts-expect-error baseUrl is required
   await KhalaSync.open({ topics: [], credentials: async () => ({}) });
   // @ts-expect-error credentials must return headers

@@ -179,11 +179,17 @@ class TabRelay {
     }
   }
 
-  /** Hands a committed change to this tab's iterators, once (by watermark per topic). */
+  /**
+   * Hands a committed change to this tab's iterators, once (by watermark per topic). A
+   * `truncated` change (dialect F: an evicted range) has no watermark: it is passed on as is
+   * and leaves the de-duplication mark alone.
+   */
   #deliver(c) {
-    const last = this.#delivered.get(c.topic);
-    if (c.type !== 'bootstrapped' && last !== undefined && c.watermark <= last) return;
-    this.#delivered.set(c.topic, Math.max(last ?? 0, c.watermark));
+    if (typeof c.watermark === 'number') {
+      const last = this.#delivered.get(c.topic);
+      if (c.type !== 'bootstrapped' && last !== undefined && c.watermark <= last) return;
+      this.#delivered.set(c.topic, Math.max(last ?? 0, c.watermark));
+    }
     for (const q of this.#subs.get(c.topic) ?? []) q.push(c);
   }
 

@@ -32,13 +32,60 @@ export interface ErrorInfo {
 /** Headers sent with `POST /api/sync/token`, e.g. `{ Authorization: 'Bearer …' }`. */
 export type Credentials = Record<string, string>;
 
-export interface KhalaSyncOptions {
+/** What `tokenProvider` returns: a JWT, or a JWT with its lifetime in seconds. */
+export type ProvidedToken = string | { token: string; expiresIn?: number };
+
+export type Dialect = 'auto' | 'phoenix' | 'fanout';
+
+/**
+ * Where sync tokens come from: exactly one of `credentials` (the token route), `syncToken` or
+ * `tokenProvider`. Any other combination is rejected with `invalid_config`.
+ */
+export type TokenOptions =
+  | {
+      /** The app's credentials for the token route; called before every token fetch. */
+      credentials: () => Credentials | Promise<Credentials>;
+      /** Token route URL when it is not `<baseUrl>/api/sync/token`. */
+      tokenUrl?: string;
+      syncToken?: never;
+      tokenProvider?: never;
+    }
+  | {
+      /** A sync JWT the app already holds, used as is (no token route). */
+      syncToken: string;
+      credentials?: never;
+      tokenProvider?: never;
+      tokenUrl?: never;
+    }
+  | {
+      /**
+       * Returns a sync JWT (or `{ token, expiresIn }`, seconds) whenever the client needs one
+       * (no token route). Without `expiresIn` the JWT's `exp` sets the refresh time.
+       */
+      tokenProvider: () => ProvidedToken | Promise<ProvidedToken>;
+      credentials?: never;
+      syncToken?: never;
+      tokenUrl?: never;
+    };
+
+export type KhalaSyncOptions = KhalaSyncCommonOptions & TokenOptions;
+
+/** Every option except the token source (see `TokenOptions`). */
+export interface KhalaSyncCommonOptions {
   /** Server base URL, `https://…` (plain http only to loopback unless allowed below). */
   baseUrl: string;
   /** Topics to sync, e.g. `['runtime.run_summaries']`. */
   topics: string[];
-  /** The app's credentials for the token route; called before every token fetch. */
-  credentials: () => Credentials | Promise<Credentials>;
+  /**
+   * Wire dialect: `phoenix` (one socket for all topics), `fanout` (the runtime fanout, polled
+   * over HTTP in browsers) or `auto` (Phoenix; switches to fanout when the server has no
+   * Phoenix socket route). Default `auto`.
+   */
+  dialect?: Dialect;
+  /** Fanout: poll period of a caught-up topic, ms. Default 1000. */
+  pollIntervalMs?: number;
+  /** Fanout: shortest time between two polls of one topic, ms (servers refuse < 250). Default 300. */
+  pollMinIntervalMs?: number;
   /** IndexedDB database name. Default `"khala-sync"`. One database per (server, user, org). */
   dbName?: string;
   /** Persist to IndexedDB. Default: true where IndexedDB exists (browsers), else false (Node). */
@@ -92,7 +139,8 @@ export interface TopicStatus {
 
 export interface SyncStatus {
   state: ConnectionState;
-  transport: 'websocket' | (string & {});
+  /** `websocket` (Phoenix socket) or `poll` (fanout over HTTP). */
+  transport: 'websocket' | 'poll' | (string & {});
   /** Every topic is live. */
   live: boolean;
   topics: TopicStatus[];
@@ -115,7 +163,13 @@ export type Change<T = unknown> =
   | { type: 'upsert'; topic: string; key: string; version: number; value: T; watermark: number }
   | { type: 'delete'; topic: string; key: string; watermark: number }
   /** The topic was replaced by a snapshot: re-read it with list(). */
-  | { type: 'bootstrapped'; topic: string; watermark: number; docs: number };
+  | { type: 'bootstrapped'; topic: string; watermark: number; docs: number }
+  /**
+   * Fanout event logs: the server no longer holds events `from..=to` (evicted before this
+   * client read them); they are not in the store. Refetch them through the app's own APIs if
+   * needed. Sync continues after `to`.
+   */
+  | { type: 'truncated'; topic: string; from: number; to: number };
 
 export interface StoredDoc<T = unknown> {
   topic: string;

@@ -13,14 +13,14 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::spawn_local;
 
 use khala_sync::endpoint::Endpoint;
-use khala_sync::engine::{Engine, EngineConfig, Metrics};
+use khala_sync::engine::{Dialect, Engine, EngineConfig, FanoutTransport, Metrics};
 use khala_sync::protocol::token::TokenRequest;
 use khala_sync::protocol::DecodeLimits;
 use khala_sync::store::{MemoryStore, Store};
 use khala_sync::{Change, DocKey, SyncError, Topic};
 
 use crate::convert::{self, config_error, Opts};
-use crate::driver::{Command, Driver, Shared, CHANGE_BUFFER};
+use crate::driver::{Command, Driver, Shared, TokenSource, CHANGE_BUFFER};
 use crate::idb::IdbStore;
 use crate::net;
 
@@ -57,6 +57,28 @@ fn has_indexed_db() -> bool {
         .unwrap_or(false)
 }
 
+/// Exactly one of `credentials` (token route), `syncToken` (a JWT) or `tokenProvider`.
+fn token_source(o: &Opts<'_>) -> Result<TokenSource, JsValue> {
+    let credentials = o.function("credentials")?;
+    let provider = o.function("tokenProvider")?;
+    let token = o.string("syncToken")?;
+    if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err(config_error("option `syncToken` is empty"));
+    }
+    match (credentials, token, provider) {
+        (Some(c), None, None) => Ok(TokenSource::Credentials(c)),
+        (None, Some(t), None) => Ok(TokenSource::Static(t)),
+        (None, None, Some(p)) => Ok(TokenSource::Provider(p)),
+        (None, None, None) => Err(config_error(
+            "one of `credentials` (an async function returning headers for the token route), \
+             `syncToken` or `tokenProvider` is required",
+        )),
+        _ => Err(config_error(
+            "give exactly one of `credentials`, `syncToken` and `tokenProvider`",
+        )),
+    }
+}
+
 fn ms(v: Option<u64>, default: Duration) -> Duration {
     v.map_or(default, Duration::from_millis)
 }
@@ -75,9 +97,30 @@ impl WasmClient {
             .ok_or_else(|| config_error("option `baseUrl` is required"))?;
         let insecure = o.bool("allowInsecureNonLoopback")?.unwrap_or(false);
         let endpoint = Endpoint::parse(&base_url, insecure).map_err(|e| convert::error(&e))?;
-        let credentials = o
-            .function("credentials")?
-            .ok_or_else(|| config_error("option `credentials` (an async function) is required"))?;
+        let tokens = token_source(&o)?;
+        let token_url = match o.string("tokenUrl")? {
+            Some(_) if !matches!(tokens, TokenSource::Credentials(_)) => {
+                return Err(config_error(
+                    "option `tokenUrl` is only used with `credentials` (the token route)",
+                ))
+            }
+            Some(u) => {
+                // Same rules as `baseUrl` (https, or http to loopback unless allowed).
+                Endpoint::parse(&u, insecure).map_err(|e| convert::error(&e))?;
+                u
+            }
+            None => endpoint.token_url(),
+        };
+        let dialect = match o.string("dialect")?.as_deref() {
+            None | Some("auto") => Dialect::Auto,
+            Some("phoenix") => Dialect::Phoenix,
+            Some("fanout") => Dialect::Fanout,
+            Some(other) => {
+                return Err(config_error(format!(
+                    "option `dialect` must be \"auto\", \"phoenix\" or \"fanout\", not {other:?}"
+                )))
+            }
+        };
         let names = o
             .strings("topics")?
             .ok_or_else(|| config_error("option `topics` is required"))?;
@@ -134,6 +177,12 @@ impl WasmClient {
             Some(s) => s,
             None => (js_sys::Math::random() * 9_007_199_254_740_991.0) as u64,
         };
+        cfg.dialect = dialect;
+        // Browsers cannot send an `Authorization` header on a WebSocket, which dialect F's
+        // per-topic sockets need: the web client always polls (PROTOCOL.md §6).
+        cfg.fanout_transport = FanoutTransport::Poll;
+        cfg.poll_interval = ms(o.uint("pollIntervalMs", day)?, cfg.poll_interval);
+        cfg.poll_min_interval = ms(o.uint("pollMinIntervalMs", day)?, cfg.poll_min_interval);
         let ttl = o.uint("tokenTtlSeconds", 86_400)?.map(|n| n as u32);
         let engine = Engine::new(cfg.clone());
         let origin_ms = net::now_ms();
@@ -150,7 +199,9 @@ impl WasmClient {
             engine,
             store: Rc::clone(&store),
             endpoint,
-            credentials,
+            dialect,
+            tokens,
+            token_url,
             token_request: TokenRequest {
                 scopes: o.strings("scopes")?,
                 topics: None,

@@ -14,11 +14,13 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 
 use khala_sync::endpoint::Endpoint;
+use khala_sync::endpoint::SecretUrl;
 use khala_sync::engine::{
-    Action, Change, ConnId, Engine, Event, HttpFailure, Metrics, Millis, Notification, SyncStatus,
+    Action, Change, ConnId, Dialect, Engine, Event, HttpFailure, Metrics, Millis, Notification,
+    SyncStatus,
 };
 use khala_sync::protocol::http::{decode_doc_response, decode_snapshot_page};
-use khala_sync::protocol::token::{decode_token_response, TokenRequest};
+use khala_sync::protocol::token::{decode_token_response, SyncToken, TokenGrant, TokenRequest};
 use khala_sync::protocol::DecodeLimits;
 use khala_sync::store::Store;
 use khala_sync::Topic;
@@ -118,6 +120,16 @@ pub(crate) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Where sync tokens come from (exactly one, chosen by the app's options).
+pub(crate) enum TokenSource {
+    /// `POST` the token route with the headers the app's `credentials()` returns.
+    Credentials(js_sys::Function),
+    /// `syncToken`: the app's JWT, used as is (refetching returns the same token).
+    Static(String),
+    /// `tokenProvider()`: returns (or resolves to) a JWT string or `{token, expiresIn}`.
+    Provider(js_sys::Function),
+}
+
 enum Io {
     Ws(WsEvent),
     Engine(Event),
@@ -127,7 +139,11 @@ pub(crate) struct Driver {
     pub engine: Engine,
     pub store: Rc<dyn Store>,
     pub endpoint: Endpoint,
-    pub credentials: js_sys::Function,
+    /// Configured dialect (`auto` probes a failed Phoenix socket for a 404).
+    pub dialect: Dialect,
+    pub tokens: TokenSource,
+    /// Token route URL (`tokenUrl`, default `<base>/api/sync/token`).
+    pub token_url: String,
     pub token_request: TokenRequest,
     pub client_name: String,
     pub client_build_id: String,
@@ -145,6 +161,9 @@ struct Running {
     conns: HashMap<ConnId, Socket>,
     /// Sockets between `Connect` and `open`.
     pending: HashMap<ConnId, Socket>,
+    /// Dialect `auto`: the upgrade URL (`http(s)://`) of each pending Phoenix socket, probed
+    /// with a plain `GET` when the socket fails before it opens.
+    probe_urls: HashMap<ConnId, SecretUrl>,
     app_paused: bool,
     offline: bool,
     frozen: bool,
@@ -161,6 +180,7 @@ impl Driver {
             ev_tx,
             conns: HashMap::new(),
             pending: HashMap::new(),
+            probe_urls: HashMap::new(),
             app_paused: false,
             offline: false,
             frozen: false,
@@ -184,6 +204,7 @@ impl Driver {
                         r.execute().await;
                         r.conns.clear();
                         r.pending.clear();
+                        r.probe_urls.clear();
                         r.d.shared.close_subscribers();
                         let _ = reply.send(());
                         return;
@@ -273,14 +294,34 @@ impl Running {
     fn on_ws(&mut self, ev: WsEvent) {
         match ev {
             WsEvent::Open(id) => {
+                self.probe_urls.remove(&id);
                 if let Some(s) = self.pending.remove(&id) {
                     self.conns.insert(id, s);
                     self.feed(Event::Connected(id));
                 }
             }
             WsEvent::OpenFailed(id, reason) => {
-                if self.pending.remove(&id).is_some() {
-                    self.feed(Event::ConnectFailed(id, HttpFailure::Transport(reason)));
+                let probe = self.probe_urls.remove(&id);
+                if self.pending.remove(&id).is_none() {
+                    return;
+                }
+                match probe {
+                    // Browsers hide the status of a refused upgrade: ask the same URL with a
+                    // plain GET; a 404 means "no Phoenix socket route here" (engine: switch
+                    // to dialect F). Anything else stays the transport failure it was.
+                    Some(url) => self.spawn_event(async move {
+                        let failure = match net::probe_status(url.expose()).await {
+                            Some(404) => HttpFailure::Status {
+                                status: 404,
+                                code: None,
+                                message: "the Phoenix socket route answered 404".into(),
+                                retry_after: None,
+                            },
+                            _ => HttpFailure::Transport(reason),
+                        };
+                        Event::ConnectFailed(id, failure)
+                    }),
+                    None => self.feed(Event::ConnectFailed(id, HttpFailure::Transport(reason))),
                 }
             }
             WsEvent::Frame(id, text) => {
@@ -323,9 +364,42 @@ impl Running {
                     ) {
                         Ok(s) => {
                             self.pending.insert(conn, s);
+                            if self.d.dialect == Dialect::Auto {
+                                self.probe_urls.insert(
+                                    conn,
+                                    self.d.endpoint.socket_upgrade_url(
+                                        &token,
+                                        &self.d.client_name,
+                                        &self.d.client_build_id,
+                                    ),
+                                );
+                            }
                         }
                         Err(m) => self.feed(Event::ConnectFailed(conn, HttpFailure::Transport(m))),
                     }
+                }
+                // Browsers cannot put an `Authorization` header on a WebSocket: the client
+                // always configures the poll transport, so this never comes; if it does, the
+                // socket "fails" and the engine falls back to polling.
+                Action::ConnectTopic { conn, .. } => self.feed(Event::ConnectFailed(
+                    conn,
+                    HttpFailure::Transport(
+                        "per-topic WebSockets need an Authorization header, which browsers cannot send"
+                            .into(),
+                    ),
+                )),
+                Action::Poll {
+                    topic,
+                    after_seq,
+                    limit,
+                    token,
+                } => {
+                    let url = self.d.endpoint.fanout_poll_url(&topic, after_seq, limit);
+                    let limits = self.d.limits;
+                    self.spawn_event(async move {
+                        let r = net::poll(&url, token.expose(), &limits).await;
+                        Event::Polled(topic, r)
+                    });
                 }
                 Action::Send { conn, text } => {
                     if let Some(s) = self.conns.get(&conn) {
@@ -336,6 +410,7 @@ impl Running {
                 Action::Close(conn) => {
                     self.conns.remove(&conn);
                     self.pending.remove(&conn);
+                    self.probe_urls.remove(&conn);
                 }
                 Action::Apply(batch) => {
                     let topic = batch.topic.clone();
@@ -438,34 +513,100 @@ impl Running {
     }
 
     fn spawn_token_fetch(&self) {
-        let url = self.d.endpoint.token_url();
-        let creds = self.d.credentials.clone();
-        let body = serde_json::to_string(&self.d.token_request).unwrap_or_else(|_| "{}".into());
         let limits = self.d.limits;
-        self.spawn_event(async move {
-            let r = match app_headers(&creds).await {
-                Ok(mut headers) => {
-                    headers.push(("Content-Type".into(), "application/json".into()));
-                    net::http_decode(
-                        "POST",
-                        &url,
-                        &headers,
-                        Some(body),
-                        &limits,
-                        decode_token_response,
-                    )
-                    .await
-                }
-                Err(message) => Err(HttpFailure::Status {
-                    status: 401,
-                    code: Some("credentials_unavailable".into()),
-                    message,
-                    retry_after: None,
-                }),
-            };
-            Event::TokenFetched(r)
-        });
+        let refused = |message: String, code: &str| HttpFailure::Status {
+            status: 401,
+            code: Some(code.into()),
+            message,
+            retry_after: None,
+        };
+        match &self.d.tokens {
+            TokenSource::Credentials(creds) => {
+                let creds = creds.clone();
+                let url = self.d.token_url.clone();
+                let body =
+                    serde_json::to_string(&self.d.token_request).unwrap_or_else(|_| "{}".into());
+                self.spawn_event(async move {
+                    let r = match app_headers(&creds).await {
+                        Ok(mut headers) => {
+                            headers.push(("Content-Type".into(), "application/json".into()));
+                            net::http_decode(
+                                "POST",
+                                &url,
+                                &headers,
+                                Some(body),
+                                &limits,
+                                decode_token_response,
+                            )
+                            .await
+                        }
+                        Err(message) => Err(refused(message, "credentials_unavailable")),
+                    };
+                    Event::TokenFetched(r)
+                });
+            }
+            TokenSource::Static(token) => {
+                let grant = provided_grant(token.clone(), None);
+                self.spawn_event(async move { Event::TokenFetched(Ok(grant)) });
+            }
+            TokenSource::Provider(f) => {
+                let f = f.clone();
+                self.spawn_event(async move {
+                    let r = match provided_token(&f).await {
+                        Ok((token, expires_in)) => Ok(provided_grant(token, expires_in)),
+                        Err(message) => Err(refused(message, "token_provider_failed")),
+                    };
+                    Event::TokenFetched(r)
+                });
+            }
+        }
     }
+}
+
+/// A grant for a token the app supplied (lifetime: `expires_in`, else the JWT's `exp`).
+fn provided_grant(token: String, expires_in: Option<u64>) -> TokenGrant {
+    let now_unix = (net::epoch_ms() / 1000.0).max(0.0) as u64;
+    TokenGrant::from_provided(SyncToken::new(token), expires_in, now_unix)
+}
+
+/// Calls the app's `tokenProvider()` (sync or async): a non-empty JWT string or
+/// `{token, expiresIn?}` (seconds). Messages never include the token.
+async fn provided_token(f: &js_sys::Function) -> Result<(String, Option<u64>), String> {
+    let v = f
+        .call0(&JsValue::UNDEFINED)
+        .map_err(|e| format!("tokenProvider() threw: {}", js_message(&e)))?;
+    let v = if v.is_instance_of::<js_sys::Promise>() {
+        JsFuture::from(js_sys::Promise::from(v))
+            .await
+            .map_err(|e| format!("tokenProvider() rejected: {}", js_message(&e)))?
+    } else {
+        v
+    };
+    let shape = "tokenProvider() must return a token string or {token, expiresIn}";
+    let (token, expires_in) = if let Some(t) = v.as_string() {
+        (t, None)
+    } else if v.is_object() {
+        let get = |k: &str| js_sys::Reflect::get(&v, &k.into()).unwrap_or(JsValue::UNDEFINED);
+        let token = get("token").as_string().ok_or_else(|| shape.to_owned())?;
+        let e = get("expiresIn");
+        let expires_in = if e.is_undefined() || e.is_null() {
+            None
+        } else {
+            match e.as_f64() {
+                Some(n) if n.fract() == 0.0 && n >= 1.0 && n <= 9_007_199_254_740_991.0 => {
+                    Some(n as u64)
+                }
+                _ => return Err("tokenProvider(): expiresIn must be a positive integer".into()),
+            }
+        };
+        (token, expires_in)
+    } else {
+        return Err(shape.into());
+    };
+    if token.trim().is_empty() {
+        return Err("tokenProvider() returned an empty token".into());
+    }
+    Ok((token, expires_in))
 }
 
 fn bearer(token: &str) -> Vec<(String, String)> {

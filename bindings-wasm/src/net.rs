@@ -19,6 +19,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, Request, RequestInit, Response, WebSocket};
 
 use khala_sync::engine::{ConnId, HttpFailure};
+use khala_sync::protocol::fanout::{decode_poll, PollFailure, PollPage};
 use khala_sync::protocol::http::decode_error_body;
 use khala_sync::protocol::{DecodeLimits, ProtocolError};
 
@@ -126,16 +127,22 @@ fn too_large(size: usize, limit: usize) -> HttpFailure {
     })
 }
 
-/// One HTTP request; returns the body of a 2xx answer (capped at `limit` bytes) or the
-/// failure, decoded like the native driver does (status, error body code/message,
-/// `Retry-After`).
-pub(crate) async fn http(
+/// A received HTTP answer: status, `Retry-After` (seconds, when numeric) and the body.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub retry_after_secs: Option<u64>,
+    pub body: String,
+}
+
+/// One `fetch`; a 2xx body (or any declared `Content-Length`) above `limit` bytes is refused.
+/// Error bodies are returned as received: callers cap what they parse.
+pub(crate) async fn fetch_text(
     method: &str,
     url: &str,
     headers: &[(String, String)],
     body: Option<String>,
     limit: usize,
-) -> Result<String, HttpFailure> {
+) -> Result<Answer, HttpFailure> {
     let init = RequestInit::new();
     init.set_method(method);
     if let Some(b) = body {
@@ -173,27 +180,75 @@ pub(crate) async fn http(
         .map_err(|e| transport(&e))?
         .as_string()
         .unwrap_or_default();
-    if (200..300).contains(&status) {
-        if text.len() > limit {
-            return Err(too_large(text.len(), limit));
-        }
-        return Ok(text);
+    if (200..300).contains(&status) && text.len() > limit {
+        return Err(too_large(text.len(), limit));
     }
-    let retry_after = resp
+    let retry_after_secs = resp
         .headers()
         .get("retry-after")
         .ok()
         .flatten()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let capped: String = text.chars().take(64 * 1024).collect();
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    Ok(Answer {
+        status,
+        retry_after_secs,
+        body: text,
+    })
+}
+
+/// One HTTP request; returns the body of a 2xx answer (capped at `limit` bytes) or the
+/// failure, decoded like the native driver does (status, error body code/message,
+/// `Retry-After`).
+pub(crate) async fn http(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Option<String>,
+    limit: usize,
+) -> Result<String, HttpFailure> {
+    let a = fetch_text(method, url, headers, body, limit).await?;
+    if (200..300).contains(&a.status) {
+        return Ok(a.body);
+    }
+    let capped: String = a.body.chars().take(64 * 1024).collect();
     let parsed = decode_error_body(&capped);
     Err(HttpFailure::Status {
-        status,
+        status: a.status,
         code: parsed.code,
         message: parsed.message.unwrap_or_default(),
-        retry_after,
+        retry_after: a.retry_after_secs.map(Duration::from_secs),
     })
+}
+
+/// Dialect F poll: `GET url` with the bearer token, decoded by
+/// [`khala_sync::protocol::fanout::decode_poll`] (status, body, `Retry-After` in ms).
+pub(crate) async fn poll(
+    url: &str,
+    token: &str,
+    limits: &DecodeLimits,
+) -> Result<PollPage, PollFailure> {
+    let auth = [("Authorization".to_owned(), format!("Bearer {token}"))];
+    match fetch_text("GET", url, &auth, None, limits.max_frame_bytes).await {
+        Ok(a) => decode_poll(
+            a.status,
+            &a.body,
+            a.retry_after_secs.map(|s| s.saturating_mul(1000)),
+            limits,
+        ),
+        Err(HttpFailure::Decode(e)) => Err(PollFailure::Decode(e)),
+        Err(HttpFailure::Status { status, code, .. }) => Err(PollFailure::Status { status, code }),
+        Err(HttpFailure::Transport(m)) => Err(PollFailure::Transport(m)),
+    }
+}
+
+/// The HTTP status of a plain `GET url` (no upgrade), or `None` when `fetch` fails. Used
+/// after a WebSocket failed to open: browsers hide the refused upgrade's status, but a
+/// `404` here tells the engine the server has no Phoenix socket route (dialect `auto`).
+pub(crate) async fn probe_status(url: &str) -> Option<u16> {
+    fetch_text("GET", url, &[], None, 64 * 1024)
+        .await
+        .ok()
+        .map(|a| a.status)
 }
 
 /// `http` then a decoder from `khala_sync::protocol`.

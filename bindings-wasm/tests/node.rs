@@ -225,3 +225,185 @@ async fn syncs_with_the_dev_server_in_node() {
     assert!(seen.contains(&"connected".to_owned()), "{seen:?}");
     assert_eq!(seen.first().map(String::as_str), Some("idle"));
 }
+
+/// `options` without `credentials` (for the other token sources).
+fn options_without_credentials(base: &str, topics: &[&str]) -> Object {
+    let o = options(base, topics);
+    Reflect::delete_property(&o, &"credentials".into()).unwrap();
+    o
+}
+
+#[wasm_bindgen_test]
+async fn dialect_and_token_source_options_are_validated() {
+    let base = "http://127.0.0.1:9";
+    let run = "run:r1:events";
+    let mut cases: Vec<(&str, Object)> = Vec::new();
+    let o = options(base, &[run]);
+    set(&o, "dialect", "grpc");
+    cases.push(("unknown dialect", o));
+    let o = options(base, &[run]);
+    set(&o, "dialect", 2);
+    cases.push(("dialect not a string", o));
+    let o = options(base, &[run]);
+    set(&o, "syncToken", "eyJ.x.y");
+    cases.push(("credentials and syncToken", o));
+    let o = options(base, &[run]);
+    set(
+        &o,
+        "tokenProvider",
+        Function::new_no_args("return 'eyJ.x.y'"),
+    );
+    cases.push(("credentials and tokenProvider", o));
+    let o = options_without_credentials(base, &[run]);
+    set(&o, "syncToken", "eyJ.x.y");
+    set(
+        &o,
+        "tokenProvider",
+        Function::new_no_args("return 'eyJ.x.y'"),
+    );
+    cases.push(("syncToken and tokenProvider", o));
+    let o = options_without_credentials(base, &[run]);
+    cases.push(("no token source at all", o));
+    let o = options_without_credentials(base, &[run]);
+    set(&o, "syncToken", "  ");
+    cases.push(("empty syncToken", o));
+    let o = options_without_credentials(base, &[run]);
+    set(&o, "syncToken", 42);
+    cases.push(("syncToken not a string", o));
+    let o = options_without_credentials(base, &[run]);
+    set(&o, "tokenProvider", "eyJ.x.y");
+    cases.push(("tokenProvider not a function", o));
+    let o = options_without_credentials(base, &[run]);
+    set(&o, "syncToken", "eyJ.x.y");
+    set(&o, "tokenUrl", "http://127.0.0.1:9/token");
+    cases.push(("tokenUrl without credentials", o));
+    let o = options(base, &[run]);
+    set(&o, "tokenUrl", "http://auth.example.com/token");
+    cases.push(("tokenUrl remote http", o));
+    let o = options(base, &[run]);
+    set(&o, "tokenUrl", "::::");
+    cases.push(("tokenUrl not a URL", o));
+    let o = options(base, &[run]);
+    set(&o, "pollIntervalMs", -5);
+    cases.push(("negative pollIntervalMs", o));
+    let o = options(base, &[run]);
+    set(&o, "pollMinIntervalMs", 2.5);
+    cases.push(("fractional pollMinIntervalMs", o));
+    for (name, o) in cases {
+        let e = open_err(&o).await;
+        assert_code(&e, "invalid_config");
+        // Typed error messages never echo a token.
+        let msg = get(&e, "message").as_string().unwrap();
+        assert!(!msg.contains("eyJ"), "{name}: {msg}");
+    }
+    // Every valid combination opens (no network until start()).
+    let mut ok: Vec<(&str, Object)> = Vec::new();
+    for d in ["auto", "phoenix", "fanout"] {
+        let o = options(base, &[run]);
+        set(&o, "dialect", d);
+        set(&o, "pollIntervalMs", 500);
+        set(&o, "pollMinIntervalMs", 300);
+        ok.push((d, o));
+    }
+    let o = options(base, &[run]);
+    set(&o, "tokenUrl", "http://127.0.0.1:9/auth/token");
+    ok.push(("credentials + tokenUrl", o));
+    let o = options_without_credentials(base, &[run]);
+    set(&o, "syncToken", "eyJ.x.y");
+    ok.push(("syncToken", o));
+    let o = options_without_credentials(base, &[run]);
+    set(
+        &o,
+        "tokenProvider",
+        Function::new_no_args("return 'eyJ.x.y'"),
+    );
+    ok.push(("tokenProvider", o));
+    for (name, o) in ok {
+        let c = WasmClient::open(o.into())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(c.topics(), vec![run.to_owned()], "{name}");
+        c.close().await.unwrap();
+    }
+}
+
+async fn sleep_ms(ms: f64) {
+    JsFuture::from(Promise::new(&mut |res, _| {
+        let set_timeout: Function = get(&js_sys::global(), "setTimeout").unchecked_into();
+        set_timeout
+            .call2(&JsValue::UNDEFINED, &res, &JsValue::from_f64(ms))
+            .unwrap();
+    }))
+    .await
+    .unwrap();
+}
+
+/// Dialect F over the poll route under Node, with the token from the app's `tokenProvider`
+/// (which calls the token route itself, as an app with its own auth flow would).
+#[wasm_bindgen_test]
+async fn fanout_polls_with_a_token_provider_in_node() {
+    let base = server_url();
+    let run = format!("node-{}", js_sys::Date::now() as u64);
+    let topic = format!("run:{run}:events");
+    for i in 1..=5 {
+        let body = format!(r#"{{"topic":"{topic}","kind":"run.step","payload":{{"step":{i}}}}}"#);
+        let r = post_json(&format!("{base}/dev/events"), &body).await;
+        assert_eq!(get(&r, "sequence").as_f64(), Some(f64::from(i)));
+    }
+    let o = options_without_credentials(&base, &[topic.as_str()]);
+    set(&o, "dialect", "fanout");
+    set(&o, "pollIntervalMs", 300);
+    let calls = Array::new();
+    set(&js_sys::global(), "__khalaProviderCalls", calls.clone());
+    let provider = Function::new_with_args(
+        "base",
+        "return async () => {
+           globalThis.__khalaProviderCalls.push(Date.now());
+           const r = await fetch(base + '/api/sync/token', { method: 'POST', body: '{}',
+             headers: { Authorization: 'Bearer dev-app-token', 'content-type': 'application/json' } });
+           const { data } = await r.json();
+           return { token: data.token, expiresIn: data.expires_in };
+         };",
+    )
+    .call1(&JsValue::UNDEFINED, &base.as_str().into())
+    .unwrap();
+    set(&o, "tokenProvider", provider);
+    let c = WasmClient::open(o.into()).await.unwrap();
+    let sub = c.subscribe_changes(&topic).unwrap();
+    c.start().unwrap();
+    for want in 1..=5u32 {
+        let ch = JsFuture::from(sub.next()).await.unwrap();
+        assert_eq!(get(&ch, "type").as_string().as_deref(), Some("upsert"));
+        assert_eq!(
+            get(&ch, "key").as_string(),
+            Some(want.to_string()),
+            "{ch:?}"
+        );
+        assert_eq!(
+            get(&get(&ch, "value"), "kind").as_string().as_deref(),
+            Some("run.step")
+        );
+    }
+    let body = format!(r#"{{"topic":"{topic}","kind":"run.finished","payload":null}}"#);
+    post_json(&format!("{base}/dev/events"), &body).await;
+    let ch = JsFuture::from(sub.next()).await.unwrap();
+    assert_eq!(get(&ch, "key").as_string().as_deref(), Some("6"));
+    assert_eq!(get(&ch, "watermark").as_f64(), Some(6.0));
+    let status = c.status();
+    assert_eq!(
+        get(&status, "transport").as_string().as_deref(),
+        Some("poll")
+    );
+    assert!(calls.length() >= 1, "the provider was called");
+    let list = Array::from(&c.list(topic.clone()).await.unwrap());
+    assert_eq!(list.length(), 6);
+    // Caught up: stays quiet apart from its periodic polls, no duplicates.
+    sleep_ms(700.0).await;
+    assert_eq!(
+        Array::from(&c.list(topic.clone()).await.unwrap()).length(),
+        6
+    );
+    let m = c.metrics();
+    assert_eq!(get(&m, "updatesApplied").as_f64(), Some(6.0));
+    c.close().await.unwrap();
+}
