@@ -151,11 +151,12 @@ impl Engine {
             if ts.phase == TopicPhase::Failed || f.truncation.is_some() || ts.retry_at.is_some() {
                 continue;
             }
+            if (f.on_poll || f.want_probe) && !f.poll_inflight && f.next_poll_at.is_none() {
+                let now = self.now;
+                self.f_schedule_poll(i, now);
+            }
+            let f = &self.fan[i];
             if f.on_poll {
-                if !f.poll_inflight && f.next_poll_at.is_none() {
-                    let now = self.now;
-                    self.f_schedule_poll(i, now);
-                }
                 continue;
             }
             if f.conn.is_none() && f.reconnect_at.is_none() && opening < self.cfg.fanout_max_opening

@@ -98,6 +98,9 @@ pub struct Engine {
     fan: Vec<FanTopic>,
     /// Dialect F is in use (configured, or chosen by `Dialect::Auto`).
     fanout: bool,
+    /// The server is known to speak dialect P (configured, or a Phoenix socket opened).
+    /// Under `Dialect::Auto` snapshots wait for it, so an F server's routes are not probed.
+    phoenix_seen: bool,
     /// Incremented with every new token (a refusal of an older token is not counted again).
     token_gen: u64,
     metrics: Metrics,
@@ -120,6 +123,7 @@ impl Engine {
         Engine {
             fan,
             fanout,
+            phoenix_seen: cfg.dialect == Dialect::Phoenix,
             token_gen: 0,
             rng: fastrand::Rng::with_seed(cfg.seed),
             token_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
@@ -434,6 +438,17 @@ impl Engine {
             self.f_proceed();
             return;
         }
+        self.start_snapshots();
+        if self.conn.is_none() && self.reconnect_at.is_none() {
+            self.connect();
+        }
+    }
+
+    /// Begins the snapshot of every topic that needs one (once the dialect is known).
+    fn start_snapshots(&mut self) {
+        if !self.phoenix_seen {
+            return;
+        }
         for i in 0..self.topics.len() {
             if self.topics[i].needs_snapshot
                 && self.topics[i].snapshot.is_none()
@@ -441,9 +456,6 @@ impl Engine {
             {
                 self.begin_snapshot(i);
             }
-        }
-        if self.conn.is_none() && self.reconnect_at.is_none() {
-            self.connect();
         }
     }
 
@@ -698,6 +710,11 @@ impl Engine {
         let text = phoenix::encode_join(&c.join_ref.clone());
         c.pending.insert(c.join_ref.clone(), Pending::Join);
         self.actions.push_back(Action::Send { conn: id, text });
+        if !self.phoenix_seen {
+            // The Phoenix socket route exists: dialect P. Snapshots may start now.
+            self.phoenix_seen = true;
+            self.start_snapshots();
+        }
     }
 
     fn on_connect_failed(&mut self, id: ConnId, f: HttpFailure) {

@@ -38,6 +38,8 @@ fn cfg(topics: &[&str]) -> EngineConfig {
         topics.iter().map(|t| topic(t)).collect(),
     );
     c.seed = 7;
+    // The Phoenix scenarios pin the dialect; `Dialect::Auto` has its own tests.
+    c.dialect = Dialect::Phoenix;
     c
 }
 
