@@ -168,6 +168,7 @@ pub struct SecretUrl(String);
 
 impl SecretUrl {
     /// Wraps a URL that carries no secret (dialect F sends the token in a header).
+    #[cfg(feature = "native")]
     pub(crate) fn public(url: String) -> SecretUrl {
         SecretUrl(url)
     }
