@@ -386,6 +386,61 @@ pub struct SyncOptions {
     /// Seed of the backoff jitter.
     #[uniffi(default = None)]
     pub jitter_seed: Option<u64>,
+    /// Wire dialect (default `.auto`: Phoenix, or the runtime fanout when the server has no
+    /// Phoenix socket route).
+    #[uniffi(default = None)]
+    pub dialect: Option<SyncDialect>,
+    /// Dialect F transport (default `.auto`: WebSocket, polling when it cannot be opened).
+    #[uniffi(default = None)]
+    pub fanout_transport: Option<SyncFanoutTransport>,
+    /// Dialect F: poll period of a caught-up topic on the poll transport (default 1000 ms).
+    #[uniffi(default = None)]
+    pub poll_interval_ms: Option<u64>,
+    /// Token route URL when it is not `<base>/api/sync/token`.
+    #[uniffi(default = None)]
+    pub token_url: Option<String>,
+}
+
+/// Wire dialect (`khala_sync::Dialect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncDialect {
+    /// One Phoenix socket for every topic (PROTOCOL.md §2).
+    Phoenix,
+    /// The runtime fanout: one WebSocket, or the poll route, per topic (§6).
+    Fanout,
+    /// Phoenix; the fanout when the Phoenix socket route answers 404.
+    Auto,
+}
+
+/// Dialect F transport (`khala_sync::FanoutTransport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncFanoutTransport {
+    /// WebSocket; poll after two failed opens.
+    Auto,
+    /// WebSocket only.
+    WebSocket,
+    /// HTTP poll only.
+    Poll,
+}
+
+impl From<SyncDialect> for ks::Dialect {
+    fn from(d: SyncDialect) -> Self {
+        match d {
+            SyncDialect::Phoenix => ks::Dialect::Phoenix,
+            SyncDialect::Fanout => ks::Dialect::Fanout,
+            SyncDialect::Auto => ks::Dialect::Auto,
+        }
+    }
+}
+
+impl From<SyncFanoutTransport> for ks::FanoutTransport {
+    fn from(t: SyncFanoutTransport) -> Self {
+        match t {
+            SyncFanoutTransport::Auto => ks::FanoutTransport::Auto,
+            SyncFanoutTransport::WebSocket => ks::FanoutTransport::WebSocket,
+            SyncFanoutTransport::Poll => ks::FanoutTransport::Poll,
+        }
+    }
 }
 
 impl SyncOptions {
@@ -417,6 +472,10 @@ impl SyncOptions {
             token_ttl_seconds: self.token_ttl_seconds,
             scopes: self.scopes,
             jitter_seed: self.jitter_seed,
+            dialect: self.dialect.map_or(d.dialect, Into::into),
+            fanout_transport: self.fanout_transport.map_or(d.fanout_transport, Into::into),
+            poll_interval: self.poll_interval_ms.map_or(d.poll_interval, ms),
+            token_url: self.token_url,
             // Options added to the Rust API later keep their defaults.
             ..d
         }
