@@ -11,7 +11,9 @@
 #   4. Chromium end-to-end via playwright-core (e2e/web-shell.test.mjs, the web shell page)
 #   5. Chromium multi-tab via playwright-core (e2e/multi-tab.test.mjs: leader election,
 #      hand-off, Web Locks fallback, page lifecycle; its own dev server)
-#   6. TypeScript check of index.d.ts         (e2e/types-check.ts, counts as one test)
+#   6. Chromium dialect F via playwright-core (e2e/fanout.test.mjs: poll route, live events,
+#      truncation, poll cadence, auto dialect; its own dev servers)
+#   7. TypeScript check of index.d.ts         (e2e/types-check.ts, counts as one test)
 # Writes "<passed> <failed>" to the result file (default target/test-results/web) and exits
 # non-zero if anything failed. Installs: the wasm32 target, wasm-bindgen-cli 0.2.130,
 # Debian's chromium + chromium-driver, npm dev dependencies (binaryen, playwright-core,
@@ -81,7 +83,7 @@ cargo build -p khala-dev-server --quiet || fail_setup "cargo build khala-dev-ser
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 export WASM_BINDGEN_TEST_TIMEOUT=120
 
-step "1/6 wasm-bindgen-test under Node (against a dev server on loopback)"
+step "1/7 wasm-bindgen-test under Node (against a dev server on loopback)"
 SERVER_LOG=$LOGS/dev-server.log
 KHALA_DEV_WEB_ROOT="$ROOT" target/debug/khala-dev-server --port 0 --seed-docs 40 >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
@@ -98,24 +100,28 @@ KHALA_TEST_SERVER=$BASE NODE_OPTIONS="$NODE_WS" \
 count_rust "$LOGS/node-unit.log"
 kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; trap - EXIT
 
-step "2/6 wasm-bindgen-test in headless Chromium (IndexedDB store conformance)"
+step "2/7 wasm-bindgen-test in headless Chromium (IndexedDB store conformance)"
 (cd "$HERE" && CHROMEDRIVER=$(command -v chromedriver) \
   cargo test -p khala-sync-wasm --target wasm32-unknown-unknown --test browser) 2>&1 | tee "$LOGS/browser-unit.log"
 count_rust "$LOGS/browser-unit.log"
 
-step "3/6 npm package under Node"
+step "3/7 npm package under Node"
 NODE_OPTIONS="$NODE_WS" node --test --test-reporter=tap "$HERE/e2e/node-package.test.mjs" 2>&1 | tee "$LOGS/node-package.log"
 count_node "$LOGS/node-package.log"
 
-step "4/6 web shell in headless Chromium (playwright-core)"
+step "4/7 web shell in headless Chromium (playwright-core)"
 node --test --test-reporter=tap "$HERE/e2e/web-shell.test.mjs" 2>&1 | tee "$LOGS/chromium-e2e.log"
 count_node "$LOGS/chromium-e2e.log"
 
-step "5/6 multi-tab in headless Chromium (one context, several web shell pages)"
+step "5/7 multi-tab in headless Chromium (one context, several web shell pages)"
 node --test --test-reporter=tap "$HERE/e2e/multi-tab.test.mjs" 2>&1 | tee "$LOGS/chromium-multi-tab.log"
 count_node "$LOGS/chromium-multi-tab.log"
 
-step "6/6 TypeScript: index.d.ts"
+step "6/7 dialect F (runtime fanout, poll route) in headless Chromium"
+node --test --test-reporter=tap "$HERE/e2e/fanout.test.mjs" 2>&1 | tee "$LOGS/chromium-fanout.log"
+count_node "$LOGS/chromium-fanout.log"
+
+step "7/7 TypeScript: index.d.ts"
 if (cd "$HERE" && node_modules/.bin/tsc --noEmit --strict --target es2022 --module es2022 \
       --moduleResolution bundler --lib es2022,dom e2e/types-check.ts); then
   echo "types-check: ok"; PASSED=$((PASSED + 1))
