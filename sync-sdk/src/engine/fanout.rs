@@ -501,9 +501,7 @@ impl Engine {
                     code: reason,
                     message: "the fanout poll route refused the token".into(),
                 });
-                if current {
-                    self.f_refused(i);
-                }
+                self.f_refused(i);
                 if probe {
                     self.fan[i].want_probe = true;
                 }
@@ -572,7 +570,11 @@ impl Engine {
     /// A token was refused by a dialect-F route: fetch a fresh one once; a fresh token
     /// refused too is surfaced and minted no faster than the token backoff.
     fn f_refused(&mut self, i: usize) {
-        let _ = i;
+        if self.fan[i].token_gen != self.token_gen || self.token.is_none() {
+            // That token was already refused through another topic: one refusal per token.
+            self.request_token();
+            return;
+        }
         self.auth_refusals += 1;
         self.token = None;
         self.last_error = Some(SyncError::Auth {

@@ -2420,3 +2420,43 @@ fn fanout_forbidden_topic_fails_only_that_topic() {
         kinds(&later)
     );
 }
+
+#[test]
+fn fanout_one_refused_token_counts_once_across_topics() {
+    let mut c = cfg(&[R, "run:r2:events", "run:r3:events"]);
+    c.dialect = Dialect::Fanout;
+    c.fanout_transport = FanoutTransport::WebSocket;
+    let mut sim = Sim::with_cfg(c);
+    let acts = sim.start_with(&[]);
+    let conns: Vec<ConnId> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::ConnectTopic { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(conns.len(), 3);
+    let mut acts = Vec::new();
+    for c in conns {
+        acts.extend(sim.handle(Event::ConnectFailed(
+            c,
+            http_status(401, "token_expired", None),
+        )));
+    }
+    assert_eq!(
+        kinds(&acts).iter().filter(|k| *k == "FetchToken").count(),
+        1
+    );
+    let acts = sim.token(grant(300, None));
+    let reconnects = acts
+        .iter()
+        .filter(|a| matches!(a, Action::ConnectTopic { .. }))
+        .count();
+    assert_eq!(
+        reconnects,
+        3,
+        "every topic comes back with the fresh token: {:?}",
+        kinds(&acts)
+    );
+    assert_eq!(sim.e.auth_refusals, 1);
+}
