@@ -593,7 +593,7 @@ async fn provided_token(f: &js_sys::Function) -> Result<(String, Option<u64>), S
             None
         } else {
             match e.as_f64() {
-                Some(n) if n.fract() == 0.0 && n >= 1.0 && n <= 9_007_199_254_740_991.0 => {
+                Some(n) if n.fract() == 0.0 && (1.0..=9_007_199_254_740_991.0).contains(&n) => {
                     Some(n as u64)
                 }
                 _ => return Err("tokenProvider(): expiresIn must be a positive integer".into()),
