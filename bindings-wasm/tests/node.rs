@@ -407,3 +407,43 @@ async fn fanout_polls_with_a_token_provider_in_node() {
     assert_eq!(get(&m, "updatesApplied").as_f64(), Some(6.0));
     c.close().await.unwrap();
 }
+
+/// A `tokenProvider` that rejects, or returns something that is not a token, fails the token
+/// fetch with the typed `auth_failed` status (no network request is needed to see it) and the
+/// message never echoes what the provider returned.
+#[wasm_bindgen_test]
+async fn failing_token_providers_are_auth_failures() {
+    let providers = [
+        "return Promise.reject(new Error('session gone'))",
+        "throw new Error('no session')",
+        "return 42",
+        "return { token: '' }",
+        "return { token: 'eyJsecret.x.y', expiresIn: -1 }",
+    ];
+    for body in providers {
+        let o = options_without_credentials("http://127.0.0.1:9", &["run:r1:events"]);
+        set(&o, "dialect", "fanout");
+        set(&o, "tokenProvider", Function::new_no_args(body));
+        let c = WasmClient::open(o.into()).await.unwrap();
+        c.start().unwrap();
+        let mut state = String::new();
+        for _ in 0..200 {
+            state = get(&c.status(), "state").as_string().unwrap_or_default();
+            if state == "auth_failed" {
+                break;
+            }
+            sleep_ms(10.0).await;
+        }
+        assert_eq!(state, "auth_failed", "{body}: {:?}", c.status());
+        let err = get(&c.status(), "lastError");
+        assert_eq!(
+            get(&err, "code").as_string().as_deref(),
+            Some("auth_failed"),
+            "{body}"
+        );
+        let msg = get(&err, "message").as_string().unwrap();
+        assert!(msg.contains("tokenProvider"), "{body}: {msg}");
+        assert!(!msg.contains("eyJsecret"), "{body}: {msg}");
+        c.close().await.unwrap();
+    }
+}
