@@ -40,7 +40,17 @@ impl PayloadHash {
 
     /// Wire form: standard base64 of the 32 raw bytes.
     pub fn to_base64(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(self.0)
+        let mut buf = [0u8; 44];
+        self.base64_into(&mut buf).to_owned()
+    }
+
+    /// Wire form written into `buf` without allocating (44 bytes of standard base64).
+    pub fn base64_into<'a>(&self, buf: &'a mut [u8; 44]) -> &'a str {
+        use base64::Engine as _;
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(self.0, buf)
+            .unwrap_or(0);
+        std::str::from_utf8(&buf[..n]).unwrap_or("")
     }
 
     /// Display form: `sha256:<lowercase hex>`.

@@ -136,16 +136,84 @@ struct HeartbeatPush {
     watermarks: Vec<TopicWatermark>,
 }
 
+/// A frame's payload: update batches are decoded in the same pass as the envelope (they are
+/// nearly every frame during a replay); everything else is kept raw and decoded by event.
+enum FramePayload {
+    Batch(UpdateBatch),
+    Raw(Box<RawValue>),
+}
+
+struct Frame {
+    join_ref: Option<String>,
+    reference: Option<String>,
+    topic: String,
+    event: String,
+    payload: FramePayload,
+}
+
+impl<'de> Deserialize<'de> for Frame {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Frame;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a Phoenix v2 frame [join_ref, ref, topic, event, payload]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Frame, A::Error> {
+                let join_ref: Option<String> = seq
+                    .next_element()?
+                    .ok_or_else(|| Error::invalid_length(0, &self))?;
+                let reference: Option<String> = seq
+                    .next_element()?
+                    .ok_or_else(|| Error::invalid_length(1, &self))?;
+                let topic: String = seq
+                    .next_element()?
+                    .ok_or_else(|| Error::invalid_length(2, &self))?;
+                let event: String = seq
+                    .next_element()?
+                    .ok_or_else(|| Error::invalid_length(3, &self))?;
+                let payload = if event == "sync:update_batch" {
+                    FramePayload::Batch(
+                        seq.next_element()?
+                            .ok_or_else(|| Error::invalid_length(4, &self))?,
+                    )
+                } else {
+                    FramePayload::Raw(
+                        seq.next_element()?
+                            .ok_or_else(|| Error::invalid_length(4, &self))?,
+                    )
+                };
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(Error::invalid_length(6, &self));
+                }
+                Ok(Frame {
+                    join_ref,
+                    reference,
+                    topic,
+                    event,
+                    payload,
+                })
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 /// Decodes one text frame from the server.
 pub fn decode(text: &str, limits: &DecodeLimits) -> Result<ServerMessage, ProtocolError> {
     limits.check("phoenix frame", text.len())?;
-    let (join_ref, reference, topic, event, payload): (
-        Option<String>,
-        Option<String>,
-        String,
-        String,
-        Box<RawValue>,
-    ) = serde_json::from_str(text).map_err(|e| ProtocolError::json("phoenix frame", e))?;
+    let Frame {
+        join_ref,
+        reference,
+        topic,
+        event,
+        payload,
+    } = serde_json::from_str(text).map_err(|e| ProtocolError::json("phoenix frame", e))?;
+    let payload = match payload {
+        FramePayload::Batch(batch) => return Ok(ServerMessage::UpdateBatch(batch)),
+        FramePayload::Raw(p) => p,
+    };
     let ctx = "phoenix payload";
     match event.as_str() {
         "phx_reply" => {
@@ -162,11 +230,6 @@ pub fn decode(text: &str, limits: &DecodeLimits) -> Result<ServerMessage, Protoc
                 ok: p.status == "ok",
                 response: p.response,
             }))
-        }
-        "sync:update_batch" => {
-            let batch: UpdateBatch = serde_json::from_str(payload.get())
-                .map_err(|e| ProtocolError::json("sync:update_batch", e))?;
-            Ok(ServerMessage::UpdateBatch(batch))
         }
         "sync:error" => Ok(ServerMessage::Error(ServerError::from_json(payload.get())?)),
         "sync:heartbeat" => {

@@ -260,10 +260,6 @@ fn u64_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn hash_text(h: Option<PayloadHash>) -> Option<String> {
-    h.map(|h| h.to_base64())
-}
-
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -353,18 +349,9 @@ fn meta_put(c: &Connection, key: &str, value: Option<&str>) -> Result<(), StoreE
     .map_err(map_err)
 }
 
-/// Upserts one document into generation `g`; returns false when the stored version is newer
-/// or equal (`strictly_newer`) / strictly newer (`!strictly_newer`) and the row was kept.
-fn upsert_doc(
-    c: &Connection,
-    topic: &Topic,
-    g: i64,
-    w: &DocWrite,
-    payload: &str,
-    strictly_newer: bool,
-) -> Result<bool, StoreError> {
-    // One statement text, two comparators: `concat!` keeps both `&'static str` so the
-    // statement cache sees two stable keys and nothing is formatted per write.
+/// The upsert statement: one text per comparator (`>` for updates: strictly newer wins;
+/// `>=` within a snapshot: a later page wins unless older).
+fn upsert_sql(strictly_newer: bool) -> &'static str {
     macro_rules! upsert_sql {
         ($cmp:literal) => {
             concat!(
@@ -381,26 +368,67 @@ fn upsert_doc(
             )
         };
     }
-    let sql = if strictly_newer {
+    if strictly_newer {
         upsert_sql!(">")
     } else {
         upsert_sql!(">=")
-    };
-    let changed = c
-        .prepare_cached(sql)
-        .map_err(map_err)?
+    }
+}
+
+/// Upserts one document into generation `g` with the prepared [`upsert_sql`] statement;
+/// returns false when the stored version won and the row was kept.
+fn upsert_doc(
+    st: &mut rusqlite::CachedStatement<'_>,
+    topic: &Topic,
+    g: i64,
+    w: &DocWrite,
+    payload: &str,
+) -> Result<bool, StoreError> {
+    let mut buf = [0u8; 44];
+    let hash = w.payload_hash.as_ref().map(|h| h.base64_into(&mut buf));
+    let changed = st
         .execute(params![
             topic.as_str(),
             g,
             w.doc_key.as_str(),
             i64_of(w.doc_version),
             payload,
-            hash_text(w.payload_hash),
+            hash,
             i64_of(w.watermark.get()),
             i64::from(w.verified),
         ])
         .map_err(map_err)?;
     Ok(changed > 0)
+}
+
+/// Writes `docs` of generation `g` in key order (B-tree locality: the pages a group touches
+/// are visited once, in order) and returns the indices whose stored version won. Writes of the
+/// same key keep their relative order (stable sort), so the newest still lands last.
+fn write_docs(
+    c: &Connection,
+    topic: &Topic,
+    g: i64,
+    docs: &[DocWrite],
+    strictly_newer: bool,
+) -> Result<Vec<usize>, StoreError> {
+    let mut order: Vec<usize> = (0..docs.len()).collect();
+    order.sort_by(|&a, &b| docs[a].doc_key.cmp(&docs[b].doc_key));
+    let mut st = c
+        .prepare_cached(upsert_sql(strictly_newer))
+        .map_err(map_err)?;
+    let mut kept = Vec::new();
+    for i in order {
+        let w = &docs[i];
+        let written = match &w.payload {
+            Some(p) => upsert_doc(&mut st, topic, g, w, p)?,
+            None => delete_doc(c, topic, g, w)?,
+        };
+        if !written {
+            kept.push(i);
+        }
+    }
+    kept.sort_unstable();
+    Ok(kept)
 }
 
 /// Deletes a document of generation `g` if `version >=` the stored one. Returns false when a
@@ -501,16 +529,7 @@ impl Store for SqliteStore {
                     found: Watermark(stored),
                 });
             }
-            let mut kept_local = Vec::new();
-            for (i, w) in batch.writes.iter().enumerate() {
-                let written = match &w.payload {
-                    Some(p) => upsert_doc(&tx, topic, g, w, p, true)?,
-                    None => delete_doc(&tx, topic, g, w)?,
-                };
-                if !written {
-                    kept_local.push(i);
-                }
-            }
+            let kept_local = write_docs(&tx, topic, g, &batch.writes, true)?;
             tx.prepare_cached(
                 "INSERT INTO khala_topics(topic, watermark, snapshot_gen, updated_at)
                  VALUES(?1, ?2, 0, ?3)
@@ -576,13 +595,8 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
             let g = require_staged(&tx, &topic, generation)?;
-            for w in &docs {
-                // Within a snapshot a later page wins unless it carries an older version.
-                match &w.payload {
-                    Some(p) => upsert_doc(&tx, &topic, g, w, p, false)?,
-                    None => delete_doc(&tx, &topic, g, w)?,
-                };
-            }
+            // Within a snapshot a later page wins unless it carries an older version.
+            write_docs(&tx, &topic, g, &docs, false)?;
             tx.commit().map_err(map_err)
         })
     }
