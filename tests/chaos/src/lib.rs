@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used)]
 
 pub mod chaos;
+pub mod chaos_f;
 pub mod crash;
 pub mod memory;
 pub mod proxy;

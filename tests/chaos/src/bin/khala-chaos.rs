@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p khala-chaos --bin khala-chaos -- soak            # 1M-event chaos + 200 kills + storm + memory
 //! cargo run --release -p khala-chaos --bin khala-chaos -- chaos --events 100000 --seed 7
+//! cargo run --release -p khala-chaos --bin khala-chaos -- chaos-f --events 200000 --seed 7
 //! cargo run --release -p khala-chaos --bin khala-chaos -- crash --kills 30
 //! cargo run --release -p khala-chaos --bin khala-chaos -- storm --clients 1000
 //! cargo run --release -p khala-chaos --bin khala-chaos -- memory --events 200000
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use khala_chaos::{chaos, crash, memory, storm};
+use khala_chaos::{chaos, chaos_f, crash, memory, storm};
 
 #[derive(Parser)]
 #[command(about = "khala-sync reliability suites (chaos proxy, kill -9, storms, memory)")]
@@ -34,6 +35,18 @@ enum Cmd {
         events: u64,
         #[arg(long, default_value_t = 12_000)]
         rate: u64,
+    },
+    /// Dialect-F chaos run: run-event topics over WebSocket / poll phases under proxy and
+    /// server faults; checks stored = published or reported truncated, poll cadence, no 429.
+    ChaosF {
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Lowest publish rate (events/s; a new rate is drawn every second).
+        #[arg(long, default_value_t = 300)]
+        min_rate: u64,
+        /// Highest publish rate.
+        #[arg(long, default_value_t = 1_500)]
+        max_rate: u64,
     },
     /// kill -9 a syncing process repeatedly, check the file after each kill.
     Crash {
@@ -119,6 +132,25 @@ async fn main() {
     };
     match cli.cmd {
         Cmd::Chaos { events, rate } => ok &= run_chaos(events, rate).await,
+        Cmd::ChaosF {
+            events,
+            min_rate,
+            max_rate,
+        } => {
+            let mut cfg = chaos_f::ChaosFConfig::ci(seed, dir.path().into());
+            cfg.events = events;
+            cfg.rate = (min_rate, max_rate);
+            cfg.settle_timeout = Duration::from_secs(300);
+            let r = chaos_f::run(cfg).await;
+            println!("{}", r.line());
+            if !r.ok() {
+                println!(
+                    "phases started at {:?} s; first problems: {:#?}",
+                    r.phase_started_s, r.diffs
+                );
+            }
+            ok &= r.ok();
+        }
         Cmd::Crash { kills } => ok &= run_crash(kills).await,
         Cmd::Storm { clients } => ok &= run_storm(clients).await,
         Cmd::Memory {
