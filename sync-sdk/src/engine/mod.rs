@@ -518,6 +518,12 @@ impl Engine {
                         self.drop_connections();
                         for ts in &mut self.topics {
                             ts.detach();
+                            ts.head = None;
+                        }
+                        // Including dialect F positions and pending truncations.
+                        let cfg = &self.cfg;
+                        for f in &mut self.fan {
+                            *f = FanTopic::new(cfg);
                         }
                     }
                     self.identity = Some(identity.clone());
