@@ -67,6 +67,9 @@ public struct RunSummaryList: Sendable {
             return false
         case .bootstrapped:
             return true
+        case .truncated:
+            // Dialect F event logs only; this list syncs a Phoenix document topic.
+            return false
         }
     }
 }
