@@ -28,7 +28,7 @@ final class DevServer: @unchecked Sendable {
     private let logURL: URL
 
     /// `port` 0 picks a free one; a fixed port restarts a server where a stopped one was.
-    init(seedDocs: Int = 0, port: UInt16 = 0) throws {
+    init(seedDocs: Int = 0, port: UInt16 = 0, extraArgs: [String] = []) throws {
         guard let binary = ProcessInfo.processInfo.environment["KHALA_DEV_SERVER"] else {
             throw TestFailure("KHALA_DEV_SERVER is not set (path of the khala-dev-server binary)")
         }
@@ -40,7 +40,7 @@ final class DevServer: @unchecked Sendable {
         let log = try FileHandle(forWritingTo: logURL)
         process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--port", String(port), "--seed-docs", String(seedDocs)]
+        process.arguments = ["--port", String(port), "--seed-docs", String(seedDocs)] + extraArgs
         var env = ProcessInfo.processInfo.environment
         env["RUST_LOG"] = "warn"
         process.environment = env
