@@ -18,7 +18,18 @@ cd "$ROOT"
 if [ "$PROFILE" = release ]; then
   # `wasm-release` (root Cargo.toml): opt-level z, fat LTO, one codegen unit, panic=abort.
   # Only this build uses it; the workspace's `release` profile stays tuned for native.
-  cargo build -p khala-sync-wasm --target wasm32-unknown-unknown --profile wasm-release --quiet
+  # The standard library is rebuilt with the same settings (`-Zbuild-std`, from the `rust-src`
+  # component of the pinned stable toolchain; RUSTC_BOOTSTRAP=1 unlocks the -Z flags on
+  # stable): `optimize_for_size` std algorithms, `panic=immediate-abort` (a panic traps at
+  # once, as `panic=abort` already did on wasm32, without formatting a message) and no
+  # caller-location strings. See README "Bundle size" for what each saves.
+  if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+    echo "build.sh: the rust-src component is missing (rustup component add rust-src)" >&2
+    exit 1
+  fi
+  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none" \
+    cargo build -p khala-sync-wasm --target wasm32-unknown-unknown --profile wasm-release --quiet \
+    -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
   WASM=target/wasm32-unknown-unknown/wasm-release/khala_sync_wasm.wasm
 else
   cargo build -p khala-sync-wasm --target wasm32-unknown-unknown --quiet

@@ -15,7 +15,7 @@
 #      truncation, poll cadence, auto dialect; its own dev servers)
 #   7. TypeScript check of index.d.ts         (e2e/types-check.ts, counts as one test)
 # Writes "<passed> <failed>" to the result file (default target/test-results/web) and exits
-# non-zero if anything failed. Installs: the wasm32 target, wasm-bindgen-cli 0.2.130,
+# non-zero if anything failed. Installs: the wasm32 target, rust-src, wasm-bindgen-cli 0.2.130,
 # Debian's chromium + chromium-driver, npm dev dependencies (binaryen, playwright-core,
 # typescript). Never downloads browsers from elsewhere.
 set -uo pipefail
@@ -54,6 +54,10 @@ count_node() {
 step "toolchain (wasm32 target, wasm-bindgen-cli 0.2.130, chromium, node deps)"
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown || fail_setup "rustup target add"
+fi
+if ! rustup component list --installed | grep -q '^rust-src'; then
+  # build.sh rebuilds std for the size-first package (-Zbuild-std).
+  rustup component add rust-src || fail_setup "rustup component add rust-src"
 fi
 if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen 0.2.130" ]; then
   # Without --locked: its lockfile wants a webpki-roots release this registry lacks.
