@@ -44,12 +44,12 @@ pub struct ChaosFConfig {
 }
 
 impl ChaosFConfig {
-    /// The CI form: 20k events at 300–1,500 events/s.
+    /// The CI form: 20k events at 500–1,800 events/s (a third of that in the poll phase).
     pub fn ci(seed: u64, dir: PathBuf) -> Self {
         Self {
             seed,
             events: 20_000,
-            rate: (300, 1_500),
+            rate: (500, 1_800),
             fault_every: Duration::from_millis(250),
             settle_timeout: Duration::from_secs(60),
             dir,
@@ -93,6 +93,8 @@ pub struct ChaosFReport {
     pub phases: Vec<&'static str>,
     /// When client `W`'s second and third phases started (seconds into the publish phase).
     pub phase_started_s: Vec<f64>,
+    /// Messages reported truncated, by client instance (`w_<phase>`, `p_poll`).
+    pub truncated_by_client: BTreeMap<&'static str, u64>,
     /// Published messages missing locally and not inside any reported truncation.
     pub lost: u64,
     /// Stored messages whose sequence, kind or payload bytes differ from the published ones
@@ -172,10 +174,15 @@ impl ChaosFReport {
             .collect();
         let p = &self.proxy;
         format!(
-            "chaos-f seed={} events={} phases={} faults[{}, proxy_refused={}, proxy_dropped={}, proxy_stalls={}, proxy_throttled={}, proxy_cut={}] server_evictions={} server_stale={} reconnects={} topics[{}] lost={} corrupt={} truncated={} misreported={} duplicated={} watermark_mismatches={} polls_too_close={} http_429={} changes_missed={} publish={:.1}s settle={:.1}s",
+            "chaos-f seed={} events={} phases={} truncated_by_client[{}] faults[{}, proxy_refused={}, proxy_dropped={}, proxy_stalls={}, proxy_throttled={}, proxy_cut={}] server_evictions={} server_stale={} reconnects={} topics[{}] lost={} corrupt={} truncated={} misreported={} duplicated={} watermark_mismatches={} polls_too_close={} http_429={} changes_missed={} publish={:.1}s settle={:.1}s",
             self.seed,
             self.events,
             self.phases.join("→"),
+            self.truncated_by_client
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             faults.join(", "),
             p.refused,
             p.dropped,
@@ -212,6 +219,8 @@ struct Seen {
     position: BTreeMap<String, u64>,
     /// Upserts seen by the current client instance.
     upserts_this_client: u64,
+    /// Messages reported truncated while the current client instance ran.
+    truncated_this_client: u64,
     /// Other changes (deletes, bootstraps: none are expected in dialect F).
     unexpected: Vec<String>,
 }
@@ -257,7 +266,11 @@ fn start_client(
         .options(opts)
         .build()
         .expect("client builds");
-    lock(seen).upserts_this_client = 0;
+    {
+        let mut s = lock(seen);
+        s.upserts_this_client = 0;
+        s.truncated_this_client = 0;
+    }
     let mut stream = Box::pin(client.all_changes());
     let seen = seen.clone();
     let collector = tokio::spawn(async move {
@@ -282,6 +295,7 @@ fn start_client(
                 }
                 Change::Truncated { topic, from, to } => {
                     let t = topic.as_str().to_owned();
+                    s.truncated_this_client += (to.get() + 1).saturating_sub(from.get());
                     s.truncations
                         .entry(t.clone())
                         .or_default()
@@ -297,9 +311,20 @@ fn start_client(
     Running { client, collector }
 }
 
-/// Stops a client and drains its change stream; returns (upserts the collector saw, updates the
-/// client applied, reconnects + slow-consumer resumes).
-async fn stop_client(r: Running, seen: &Shared<Seen>) -> (u64, u64, u64) {
+/// What one client instance did.
+struct Stopped {
+    /// Upserts the collector saw.
+    seen: u64,
+    /// Updates the client applied.
+    applied: u64,
+    /// Reconnects + slow-consumer resumes.
+    reconnects: u64,
+    /// Messages reported truncated.
+    truncated: u64,
+}
+
+/// Stops a client and drains its change stream.
+async fn stop_client(r: Running, seen: &Shared<Seen>) -> Stopped {
     r.client.shutdown().await;
     let m = r.client.metrics();
     drop(r.client);
@@ -311,8 +336,21 @@ async fn stop_client(r: Running, seen: &Shared<Seen>) -> (u64, u64, u64) {
     {
         collector.abort();
     }
-    let seen_n = lock(seen).upserts_this_client;
-    (seen_n, m.updates_applied, m.reconnects + m.slow_consumer)
+    let s = lock(seen);
+    Stopped {
+        seen: s.upserts_this_client,
+        applied: m.updates_applied,
+        reconnects: m.reconnects + m.slow_consumer,
+        truncated: s.truncated_this_client,
+    }
+}
+
+impl ChaosFReport {
+    fn add_stopped(&mut self, name: &'static str, st: &Stopped) {
+        self.reconnects += st.reconnects;
+        self.changes_missed += st.applied.saturating_sub(st.seen);
+        *self.truncated_by_client.entry(name).or_default() += st.truncated;
+    }
 }
 
 /// Payload of the `n`-th event: a JSON value of a varied shape, as raw text (kept byte-exact
@@ -425,11 +463,12 @@ pub async fn run(cfg: ChaosFConfig) -> ChaosFReport {
     ));
 
     // Publish: a new rate every second, 50 ms slices; topic C (polled, 50-message pages once
-    // a subject polls ≥ 2 topics) gets a smaller share. Client W changes transport at 1/3 and
-    // 2/3 of the events.
+    // a subject polls ≥ 2 topics) gets a smaller share. Client W changes transport at 40 % and
+    // 60 % of the events.
     let started = Instant::now();
     let mut done = 3u64; // the three run.started events
     let mut phase = 0usize;
+    let phase_names = ["w_websocket", "w_poll", "w_auto"];
     let mut rate = cfg.rate.0;
     let mut next_rate_at = started;
     let mut slice_due = started;
@@ -439,16 +478,17 @@ pub async fn run(cfg: ChaosFConfig) -> ChaosFReport {
             rate = rng.u64(cfg.rate.0..=cfg.rate.1.max(cfg.rate.0));
             next_rate_at = now + Duration::from_secs(1);
         }
-        let target_phase = usize::try_from(done * 3 / cfg.events.max(1))
-            .unwrap_or(2)
-            .min(2);
+        // Client W: WebSocket for the first 40 % of the events, poll for the next 20 %, auto
+        // for the rest.
+        let target_phase = match done * 10 / cfg.events.max(1) {
+            0..=3 => 0,
+            4..=5 => 1,
+            _ => 2,
+        };
         if target_phase > phase {
+            let st = stop_client(w.take().expect("client W"), &seen).await;
+            report.add_stopped(phase_names[phase], &st);
             phase = target_phase;
-            let (seen_n, applied, rc) = stop_client(w.take().expect("client W"), &seen).await;
-            report.reconnects += rc;
-            if seen_n < applied {
-                report.changes_missed += applied - seen_n;
-            }
             // The server's poll window is per (subject, topic): the next instance starts after it.
             tokio::time::sleep(Duration::from_millis(300)).await;
             w = Some(start_client(
@@ -461,7 +501,15 @@ pub async fn run(cfg: ChaosFConfig) -> ChaosFReport {
             report.phases.push(phases[phase].0);
             report.phase_started_s.push(started.elapsed().as_secs_f64());
         }
-        let n = (rate / 20).max(1).min(cfg.events - done);
+        // The poll phase publishes at a third of the rate: a polled topic moves at most 50
+        // messages per 250 ms once a subject polls ≥ 2 topics (§6), so the full rate would
+        // mostly measure ring overflow.
+        let r = if phases[phase].1 == FanoutTransport::Poll {
+            rate / 3
+        } else {
+            rate
+        };
+        let n = (r / 20).max(1).min(cfg.events - done);
         for _ in 0..n {
             let x = rng.u32(0..100);
             let ti = if x < 45 {
@@ -491,6 +539,7 @@ pub async fn run(cfg: ChaosFConfig) -> ChaosFReport {
     server.clear_faults();
     proxy.set_clean(true);
     proxy.set_down(false);
+    proxy.drop_all();
     let settle_start = Instant::now();
     let w = w.expect("client W");
     report.settled = at_head(&[&w.client, &p.client], &server, cfg.settle_timeout).await;
@@ -510,13 +559,10 @@ pub async fn run(cfg: ChaosFConfig) -> ChaosFReport {
             stored.insert(t.clone(), docs);
         }
     }
-    for (r, s) in [(w, &seen), (p, &seen_p)] {
-        let (seen_n, applied, rc) = stop_client(r, s).await;
-        report.reconnects += rc;
-        if seen_n < applied {
-            report.changes_missed += applied - seen_n;
-        }
-    }
+    let st = stop_client(w, &seen).await;
+    report.add_stopped(phase_names[2], &st);
+    let st = stop_client(p, &seen_p).await;
+    report.add_stopped("p_poll", &st);
     report.proxy = proxy.stats();
     let sm = server.metrics();
     report.server_evictions = sm.fanout_evictions;

@@ -42,10 +42,10 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
         /// Lowest publish rate (events/s; a new rate is drawn every second).
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 500)]
         min_rate: u64,
         /// Highest publish rate.
-        #[arg(long, default_value_t = 1_500)]
+        #[arg(long, default_value_t = 1_800)]
         max_rate: u64,
     },
     /// kill -9 a syncing process repeatedly, check the file after each kill.
