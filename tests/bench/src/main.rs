@@ -93,6 +93,10 @@ fn bench_options() -> ClientOptions {
     ClientOptions {
         // Tuning experiments (docs/PERFORMANCE.md): KHALA_BENCH_GROUP=<updates>.
         group_commit_max_updates: env("KHALA_BENCH_GROUP").unwrap_or(8_000),
+        // KHALA_BENCH_SNAPSHOT_LIMIT=<docs per snapshot page> (default: the SDK's).
+        snapshot_page_limit: env("KHALA_BENCH_SNAPSHOT_LIMIT")
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(ClientOptions::default().snapshot_page_limit),
         backoff_base: Duration::from_millis(50),
         backoff_cap: Duration::from_millis(500),
         reconnect_spread: Duration::from_millis(50),
