@@ -309,6 +309,15 @@ async fn start_local_server(cli: &Cli, topics: &[Topic]) -> Result<LocalServer, 
                 Ok(v) => v,
                 Err(_) => continue, // a torn last line from a killed run
             };
+            if let (Some(t), Some(true)) = (v["topic"].as_str(), v["event"].as_bool()) {
+                server.publish_event(
+                    t,
+                    v["kind"].as_str().unwrap_or("run.step"),
+                    v["payload"].clone(),
+                );
+                replayed += 1;
+                continue;
+            }
             let (Some(t), Some(k)) = (v["topic"].as_str(), v["doc_key"].as_str()) else {
                 continue;
             };
@@ -332,8 +341,7 @@ async fn start_local_server(cli: &Cli, topics: &[Topic]) -> Result<LocalServer, 
             let topic = &topics[i % topics.len()];
             let key = doc_key(topic, i);
             let payload = sample_payload(&mut rng, i, 1);
-            record(&log, topic.as_str(), &key, Some(&payload));
-            server.publish(topic.as_str(), &key, payload);
+            publish(&server, &log, topic.as_str(), &key, payload);
         }
     }
     Ok((server, log))
@@ -343,6 +351,33 @@ fn log_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push(".devserver.jsonl");
     PathBuf::from(p)
+}
+
+/// Dialect F event-log topics (PROTOCOL.md §6): `run:<id>:events`, `worker:<id>:lifecycle`.
+fn is_event_topic(topic: &str) -> bool {
+    (topic.starts_with("run:") && topic.ends_with(":events"))
+        || (topic.starts_with("worker:") && topic.ends_with(":lifecycle"))
+}
+
+/// Publishes on the in-process server (a document, or an event on an event-log topic) and
+/// records it for the next run.
+fn publish(
+    server: &DevServer,
+    log: &std::sync::Mutex<std::fs::File>,
+    topic: &str,
+    key: &str,
+    payload: serde_json::Value,
+) {
+    if is_event_topic(topic) {
+        let line = json!({"topic": topic, "event": true, "kind": "run.step", "payload": payload});
+        if let Ok(mut f) = log.lock() {
+            let _ = writeln!(f, "{line}");
+        }
+        server.publish_event(topic, "run.step", payload);
+    } else {
+        record(log, topic, key, Some(&payload));
+        server.publish(topic, key, payload);
+    }
 }
 
 fn record(
@@ -416,13 +451,12 @@ async fn live_generator(
         let topic = &topics[(rng.next() as usize) % topics.len()];
         let i = (rng.next() % 200) as usize;
         let key = doc_key(topic, i);
-        if n % 25 == 0 {
+        if n % 25 == 0 && !is_event_topic(topic.as_str()) {
             record(&log, topic.as_str(), &key, None);
             server.delete(topic.as_str(), &key);
         } else {
             let payload = sample_payload(&mut rng, i, n + 1);
-            record(&log, topic.as_str(), &key, Some(&payload));
-            server.publish(topic.as_str(), &key, payload);
+            publish(&server, &log, topic.as_str(), &key, payload);
         }
     }
 }
