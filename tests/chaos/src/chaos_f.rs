@@ -452,6 +452,7 @@ pub async fn run(cfg: ChaosFConfig) -> ChaosFReport {
     );
 
     let faults_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let network_back = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let fault_task = tokio::spawn(fault_schedule(
         cfg.seed,
         cfg.fault_every,
@@ -459,8 +460,12 @@ pub async fn run(cfg: ChaosFConfig) -> ChaosFReport {
         proxy.clone(),
         topics.clone(),
         vec![seen.clone(), seen.clone(), seen_p.clone()],
-        faults_done.clone(),
+        Signals {
+            done: faults_done.clone(),
+            network_back: network_back.clone(),
+        },
     ));
+    let mut network_seen = 0u64;
 
     // Publish: a new rate every second, 50 ms slices; topic C (polled, 50-message pages once
     // a subject polls ≥ 2 topics) gets a smaller share. Client W changes transport at 40 % and
@@ -473,6 +478,17 @@ pub async fn run(cfg: ChaosFConfig) -> ChaosFReport {
     let mut next_rate_at = started;
     let mut slice_due = started;
     while done < cfg.events {
+        // The app hears from the OS that the network is back after an outage (reachability):
+        // it tells the clients (an `Auto` topic that fell back to polling tries its
+        // WebSocket again).
+        let back = network_back.load(std::sync::atomic::Ordering::SeqCst);
+        if back != network_seen {
+            network_seen = back;
+            if let Some(w) = &w {
+                w.client.network_changed();
+            }
+            p.client.network_changed();
+        }
         let now = Instant::now();
         if now >= next_rate_at {
             rate = rng.u64(cfg.rate.0..=cfg.rate.1.max(cfg.rate.0));
@@ -501,20 +517,20 @@ pub async fn run(cfg: ChaosFConfig) -> ChaosFReport {
             report.phases.push(phases[phase].0);
             report.phase_started_s.push(started.elapsed().as_secs_f64());
         }
-        // The poll phase publishes at a third of the rate: a polled topic moves at most 50
+        // The poll phase publishes at a quarter of the rate: a polled topic moves at most 50
         // messages per 250 ms once a subject polls ≥ 2 topics (§6), so the full rate would
         // mostly measure ring overflow.
         let r = if phases[phase].1 == FanoutTransport::Poll {
-            rate / 3
+            rate / 4
         } else {
             rate
         };
         let n = (r / 20).max(1).min(cfg.events - done);
         for _ in 0..n {
             let x = rng.u32(0..100);
-            let ti = if x < 45 {
+            let ti = if x < 48 {
                 0
-            } else if x < 85 {
+            } else if x < 92 {
                 1
             } else {
                 2
@@ -774,6 +790,14 @@ async fn at_head(clients: &[&SyncClient], server: &DevServer, timeout: Duration)
     }
 }
 
+/// Between the fault schedule and the publisher.
+struct Signals {
+    /// Set by the publisher: stop injecting.
+    done: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped by the schedule when an outage ends (the app tells its clients).
+    network_back: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Injects faults at random intervals (mean `every`) until `done`; returns the counts.
 async fn fault_schedule(
     seed: u64,
@@ -782,8 +806,9 @@ async fn fault_schedule(
     proxy: Arc<FaultProxy>,
     topics: Vec<String>,
     seen: Vec<Shared<Seen>>,
-    done: Arc<std::sync::atomic::AtomicBool>,
+    signals: Signals,
 ) -> BTreeMap<&'static str, u64> {
+    let Signals { done, network_back } = signals;
     let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(31).wrapping_add(7));
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mean = u64::try_from(every.as_millis()).unwrap_or(250).max(1);
@@ -804,6 +829,7 @@ async fn fault_schedule(
                 proxy.drop_all();
                 tokio::time::sleep(Duration::from_millis(rng.u64(100..800))).await;
                 proxy.set_down(false);
+                network_back.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 "network_outage"
             }
             30..=44 => {
