@@ -1,7 +1,7 @@
 //! Reliability suites for khala-sync (issue "Reliability and security"): a seeded TCP fault
-//! proxy, the chaos run, `kill -9` crash consistency and reconnect storms. Each suite returns
-//! its figures; the CI tests (`tests/`) assert on them and the `khala-chaos` binary runs the
-//! soak forms and prints the figure lines.
+//! proxy, the chaos run (dialect P and dialect F), `kill -9` crash consistency and reconnect
+//! storms. Each suite returns its figures; the CI tests (`tests/`) assert on them and the
+//! `khala-chaos` binary runs the soak forms and prints the figure lines.
 
 #![allow(clippy::expect_used)]
 
