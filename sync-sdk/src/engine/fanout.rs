@@ -235,6 +235,15 @@ impl Engine {
         if f.poll_inflight || (probe && !f.want_probe) {
             return;
         }
+        // The one place a poll leaves: never sooner than the minimum interval after the
+        // previous one, whatever scheduled it (retries after errors included — the server
+        // may have counted a poll whose answer was lost).
+        if let Some(earliest) = f.last_poll_at.map(|l| l.after(self.cfg.poll_min_interval)) {
+            if self.now < earliest {
+                self.fan[i].next_poll_at = Some(earliest);
+                return;
+            }
+        }
         let Some(token) = self.f_token() else { return };
         let after_seq = if probe {
             self.topics[i].committed
@@ -559,9 +568,8 @@ impl Engine {
                     self.fan[i].no_probe = true;
                     self.f_check_live(i);
                 } else {
-                    let f = &mut self.fan[i];
-                    let d = f.backoff.next_delay(&mut self.rng);
-                    f.next_poll_at = Some(now.after(d));
+                    let d = self.fan[i].backoff.next_delay(&mut self.rng);
+                    self.f_schedule_poll(i, now.after(d));
                 }
             }
         }

@@ -2460,3 +2460,34 @@ fn fanout_one_refused_token_counts_once_across_topics() {
     );
     assert_eq!(sim.e.auth_refusals, 1);
 }
+
+#[test]
+fn fanout_poll_retry_after_a_lost_answer_keeps_the_minimum_interval() {
+    // Found by the dialect-F chaos run: the server counted a poll whose answer was lost; a
+    // retry drawn from the backoff (50 ms here) must still wait the minimum interval.
+    let mut c = fcfg(FanoutTransport::Poll);
+    c.backoff_base = Duration::from_millis(50);
+    c.backoff_cap = Duration::from_millis(100);
+    let mut sim = Sim::with_cfg(c);
+    let acts = sim.start_with(&[]);
+    assert_eq!(polls(&acts), [(0, 200)]);
+    let sent = sim.now;
+    sim.advance(20);
+    sim.handle(polled(Err(PollFailure::Transport(
+        "connection reset".into(),
+    ))));
+    let mut first_retry = None;
+    for _ in 0..400 {
+        let acts = sim.advance(1);
+        if !polls(&acts).is_empty() {
+            first_retry = Some(sim.now);
+            break;
+        }
+    }
+    let at = first_retry.expect("retried");
+    assert!(
+        at.0 - sent.0 >= 300,
+        "retry {} ms after the lost poll",
+        at.0 - sent.0
+    );
+}
