@@ -42,8 +42,8 @@ wasm-bindgen --target nodejs --out-dir "$OUT/node" "$WASM"
 echo '{"type":"commonjs"}' > "$OUT/node/package.json"   # the nodejs target is CommonJS
 if [ "$PROFILE" = release ]; then
   OPT="$HERE/node_modules/.bin/wasm-opt"
-  # `--flatten --rereloop -Oz -Oz`: 2.4 KB gzipped smaller than one `-Oz` (README, size table).
-  FLAGS=(--flatten --rereloop -Oz -Oz --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int
+  # `--flatten --rereloop -Oz -Oz -Oz`: smaller than one `-Oz` (README, size table, steps 3 and 8).
+  FLAGS=(--flatten --rereloop -Oz -Oz -Oz --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int
          --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue)
   for f in "$OUT/web/khala_sync_wasm_bg.wasm" "$OUT/node/khala_sync_wasm_bg.wasm"; do
     "$OPT" "${FLAGS[@]}" --strip-debug --strip-producers "$f" -o "$f.opt"
