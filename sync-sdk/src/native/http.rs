@@ -148,6 +148,9 @@ pub(crate) async fn fetch_doc(
     get_authorized(http, url, token, limits, decode_doc_response).await
 }
 
+/// Whole-request timeout of a dialect-F poll.
+const POLL_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Dialect F: one poll of a topic's message route. Every answer (200 or error) is decoded
 /// into a page or a typed [`PollFailure`].
 pub(crate) async fn poll(
@@ -158,9 +161,12 @@ pub(crate) async fn poll(
 ) -> Result<PollPage, PollFailure> {
     let auth = bearer(token)
         .map_err(|_| PollFailure::Transport("token is not a valid header value".into()))?;
+    // A poll is one short request: a half-open connection should not hold the topic for the
+    // client's general 60 s HTTP timeout.
     let resp = http
         .get(url)
         .header(AUTHORIZATION, auth)
+        .timeout(POLL_TIMEOUT)
         .send()
         .await
         .map_err(|e| PollFailure::Transport(e.without_url().to_string()))?;

@@ -17,10 +17,6 @@ const RUN: &str = "run:cadence:events";
 /// transport error for a poll the server counted. Five rounds. The token route is reached
 /// directly. Backoff 100–200 ms (production: first window 0–250 ms, full jitter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: after a poll transport error the retry is scheduled by backoff alone \
-            (sync-sdk/src/engine/fanout.rs f_on_polled, Err(other) branch: \
-            next_poll_at = now + backoff, no poll_min_interval), so it can reach the server \
-            < 250 ms after the counted poll and get 429"]
 async fn poll_retry_after_a_lost_answer_waits_the_server_interval() {
     let server = DevServer::start(DevServerConfig {
         phoenix_enabled: false,
