@@ -166,4 +166,42 @@ mod durability {
         raw.close();
         IdbStore::delete(name).await.unwrap();
     }
+
+    /// Databases this store cannot use are typed errors, not panics or silent resets: a newer
+    /// schema version, and a version-2 database of another application (other object stores).
+    #[wasm_bindgen_test]
+    async fn newer_or_foreign_databases_are_refused_with_typed_errors() {
+        let newer = "refuse-newer";
+        IdbStore::delete(newer).await.unwrap();
+        let raw = rexie::Rexie::builder(newer)
+            .version(3)
+            .add_object_store(rexie::ObjectStore::new("docs"))
+            .build()
+            .await
+            .unwrap();
+        raw.close();
+        let e = IdbStore::open(newer).await.err();
+        assert!(
+            matches!(e, Some(StoreError::SchemaTooNew { supported: 2, .. })),
+            "{e:?}"
+        );
+        IdbStore::delete(newer).await.unwrap();
+
+        let foreign = "refuse-foreign";
+        IdbStore::delete(foreign).await.unwrap();
+        let raw = rexie::Rexie::builder(foreign)
+            .version(2)
+            .add_object_store(rexie::ObjectStore::new("other"))
+            .build()
+            .await
+            .unwrap();
+        raw.close();
+        let e = IdbStore::open(foreign).await.err();
+        assert!(matches!(e, Some(StoreError::Foreign)), "{e:?}");
+        // The other application's data is left alone.
+        let raw = rexie::Rexie::builder(foreign).build().await.unwrap();
+        assert_eq!(raw.store_names(), ["other"]);
+        raw.close();
+        IdbStore::delete(foreign).await.unwrap();
+    }
 }
