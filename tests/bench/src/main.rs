@@ -490,8 +490,20 @@ async fn main() {
         }
         server.truncate_before(SNAP, server.head(SNAP));
         let db = dir.path().join("snap.db");
+        // `KHALA_BENCH_WRAP_BOOT="perf record …"` wraps this child (like KHALA_BENCH_WRAP).
+        let mut boot_cmd = match std::env::var("KHALA_BENCH_WRAP_BOOT") {
+            Ok(w) if !w.trim().is_empty() => {
+                let mut parts = w.split_whitespace();
+                let mut c = tokio::process::Command::new(parts.next().unwrap_or("env"));
+                c.args(parts)
+                    .arg(std::env::current_exe().expect("current exe"));
+                c
+            }
+            _ => me(),
+        };
         let boot = run_child(
-            me().args(["client", "--server", &base, "--db"])
+            boot_cmd
+                .args(["client", "--server", &base, "--db"])
                 .arg(&db)
                 .args(["--topics", SNAP, "--until"])
                 .arg(server.head(SNAP).to_string()),
