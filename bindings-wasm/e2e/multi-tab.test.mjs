@@ -199,14 +199,40 @@ test('leader crash: the renderer dies, a follower takes over within 2 s without 
   await ctx.close();
 });
 
+/** On a failure, what every page's client says (status, metrics, change log) — the fallback
+ * test below has timed out in about one full-suite run in eight, never alone. */
+async function dumpPages(pages) {
+  for (const [i, p] of pages.entries()) {
+    if (p.isClosed()) continue;
+    const info = await p.evaluate(() => JSON.stringify({
+      status: window.khala.client.status(),
+      metrics: window.khala.client.metrics?.(),
+      log: window.khala.log.slice(-20),
+    })).catch((e) => `unavailable: ${e}`);
+    console.error(`page ${i}: ${info}`);
+  }
+}
+
 test('Web Locks unavailable: every tab syncs on its own (documented fallback) and all converge', async () => {
   const db = 'e2e-nolocks';
   const ctx = await browser.newContext();
+  const pages = [];
+  try {
+    await webLocksFallback(ctx, db, pages);
+  } catch (e) {
+    await dumpPages(pages);
+    throw e;
+  } finally {
+    // A failure must not leave three sockets open for the next tests.
+    await ctx.close();
+  }
+});
+
+async function webLocksFallback(ctx, db, pages) {
   await ctx.addInitScript(() => {
     delete Navigator.prototype.locks;
   });
   const m0 = await socketsSettle(0);
-  const pages = [];
   for (let i = 0; i < 3; i++) pages.push(await openShell(ctx, server, { db }));
   assert.equal(await pages[0].evaluate(() => 'locks' in navigator), false, 'Web Locks are disabled');
   assert.deepEqual(await Promise.all(pages.map(role)), ['standalone', 'standalone', 'standalone']);
@@ -242,8 +268,7 @@ test('Web Locks unavailable: every tab syncs on its own (documented fallback) an
   for (const p of pages.slice(1)) await waitLive(p);
   await assertMatchesServer(pages.slice(1));
   for (const p of pages) assert.deepEqual(p.errors, []);
-  await ctx.close();
-});
+}
 
 // Headless Chromium keeps every page visible and does not fire `freeze` for a visible page
 // (CDP Page.setWebLifecycleState(frozen) stops its tasks silently), so this test dispatches the
