@@ -38,7 +38,7 @@ use crate::endpoint::Endpoint;
 use crate::engine::{Change, Dialect, Engine, EngineConfig, FanoutTransport, Metrics, SyncStatus};
 use crate::error::SyncError;
 use crate::protocol::token::TokenRequest;
-use crate::protocol::{DecodeLimits, DocKey, Topic};
+use crate::protocol::{DecodeLimits, DocKey, Topic, Watermark};
 use crate::store::{MemoryStore, SqliteOptions, SqliteStore, Store, StoredDoc};
 
 use driver::{Command, Driver};
@@ -568,6 +568,41 @@ impl SyncClient {
     /// Every stored document of a topic, sorted by key.
     pub async fn list(&self, topic: Topic) -> Result<Vec<StoredDoc>, SyncError> {
         Ok(self.inner.store.list(topic).await?)
+    }
+
+    /// Dialect F: the ranges of sequences up to the committed watermark that an event-log
+    /// topic does not hold locally, ascending. Messages are never deleted from an event log,
+    /// so these are exactly the ranges once reported as [`Change::Truncated`] — read from the
+    /// store, so an app that was not listening (or crashed before handling the change) can
+    /// still learn what the server had evicted. Empty for a complete log.
+    pub async fn missing_sequences(
+        &self,
+        topic: Topic,
+    ) -> Result<Vec<(Watermark, Watermark)>, SyncError> {
+        let store = &self.inner.store;
+        let committed = store
+            .watermarks()
+            .await?
+            .into_iter()
+            .find(|(t, _)| *t == topic)
+            .map_or(0, |(_, w)| w.get());
+        let mut seqs: Vec<u64> = store
+            .list(topic)
+            .await?
+            .iter()
+            .filter_map(|d| d.doc_key.as_str().parse::<u64>().ok())
+            .filter(|s| (1..=committed).contains(s))
+            .collect();
+        seqs.sort_unstable();
+        let mut gaps = Vec::new();
+        let mut next = 1u64;
+        for s in seqs.into_iter().chain(std::iter::once(committed + 1)) {
+            if s > next {
+                gaps.push((Watermark(next), Watermark(s - 1)));
+            }
+            next = next.max(s + 1);
+        }
+        Ok(gaps)
     }
 
     /// Counters.

@@ -246,6 +246,11 @@ async fn stale_cursor_is_reported_as_a_truncation_and_sync_continues() {
         wait_at_head(&c, &srv).await;
         let m = c.metrics();
         assert_eq!(m.truncated_messages, 30, "{transport:?} {m:?}");
+        // The durable record: the store itself knows the evicted range.
+        assert_eq!(
+            c.missing_sequences(topic(RUN)).await.unwrap(),
+            [(khala_sync::Watermark(51), khala_sync::Watermark(80))]
+        );
         assert_eq!(m.updates_applied, 70, "81..=150 applied: {m:?}");
         assert_log_matches(&c, &srv).await;
         c.shutdown().await;
@@ -273,6 +278,7 @@ async fn poll_eviction_resumes_from_the_suggested_cursor_without_loss_or_duplica
     wait_at_head(&c, &srv).await;
     let m = c.metrics();
     assert_eq!(m.updates_applied, 1_000, "{m:?}");
+    assert!(c.missing_sequences(topic(RUN)).await.unwrap().is_empty());
     let polls = polls_of(&srv);
     let evicted: Vec<usize> = (0..polls.len())
         .filter(|&i| polls[i].status == 409)
