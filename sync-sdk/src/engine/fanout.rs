@@ -383,16 +383,10 @@ impl Engine {
     }
 
     pub(super) fn f_on_frame(&mut self, i: usize, text: &str) {
-        self.metrics.frames_received += 1;
-        self.metrics.bytes_received += text.len() as u64;
+        self.count_frame(text);
         let frame = match fanout::decode_frame(text, &self.cfg.decode_limits) {
             Ok(fr) => fr,
-            Err(e) => {
-                // Dropped; if it was a message, the next one shows a gap and we resume.
-                self.metrics.decode_errors += 1;
-                self.last_error = Some(SyncError::Protocol(e));
-                return;
-            }
+            Err(e) => return self.drop_bad_frame(e),
         };
         match frame {
             FanoutFrame::Hello {

@@ -860,17 +860,10 @@ impl Engine {
         let now = self.now;
         let Some(c) = self.conn_mut(id) else { return };
         c.last_rx = now;
-        self.metrics.frames_received += 1;
-        self.metrics.bytes_received += text.len() as u64;
+        self.count_frame(text);
         let msg = match phoenix::decode(text, &self.cfg.decode_limits) {
             Ok(m) => m,
-            Err(e) => {
-                // A frame we cannot read is dropped; if it carried updates, the next batch
-                // shows a gap and the replay fills it.
-                self.metrics.decode_errors += 1;
-                self.last_error = Some(SyncError::Protocol(e));
-                return;
-            }
+            Err(e) => return self.drop_bad_frame(e),
         };
         match msg {
             ServerMessage::Reply(reply) => self.on_reply(id, reply),
@@ -885,6 +878,18 @@ impl Engine {
             #[allow(unreachable_patterns)]
             _ => {}
         }
+    }
+
+    fn count_frame(&mut self, text: &str) {
+        self.metrics.frames_received += 1;
+        self.metrics.bytes_received += text.len() as u64;
+    }
+
+    /// A frame we cannot read (either dialect) is dropped and surfaced; if it carried
+    /// updates, the next ones show a gap and the replay / resume fills it.
+    fn drop_bad_frame(&mut self, e: crate::protocol::ProtocolError) {
+        self.metrics.decode_errors += 1;
+        self.last_error = Some(SyncError::Protocol(e));
     }
 
     fn on_reply(&mut self, id: ConnId, reply: phoenix::Reply) {
