@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use khala_dev_server::DevServer;
+use khala_sync::{ClientOptions, Dialect, FanoutTransport};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -70,6 +71,61 @@ async fn tokens_never_reach_logs_debug_or_errors() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let bad_status = bad.current_status();
     assert!(bad_status.last_error.is_some());
+
+    // Dialect F: the token travels in an `Authorization` header on the topic WebSocket and
+    // on polls; a refused token, a refresh, and a fixed app-supplied token too.
+    srv.create_run("secrets");
+    for i in 0..50 {
+        srv.publish_event(
+            "run:secrets:events",
+            "run.step",
+            serde_json::json!({"i": i}),
+        );
+    }
+    srv.set_faults(khala_dev_server::Faults {
+        fanout_reject_auth: Some(2),
+        ..Default::default()
+    });
+    for transport in [FanoutTransport::WebSocket, FanoutTransport::Poll] {
+        let f = client_with(
+            &srv,
+            &["run:secrets:events"],
+            &dir.path().join(format!("f-{transport:?}.db")),
+            DevServer::APP_TOKEN,
+            ClientOptions {
+                dialect: Dialect::Fanout,
+                fanout_transport: transport,
+                ..fast_options()
+            },
+        );
+        f.start().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while f.current_status().topics[0].watermark.get() < srv.event_head("run:secrets:events") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                f.current_status()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_clean(
+            "dialect F Debug output",
+            &format!("{f:?}\n{:?}", f.current_status()),
+        );
+        f.shutdown().await;
+    }
+    let jwt = srv.mint_token_for_tests("user:42", Duration::from_secs(300));
+    let fixed = khala_sync::SyncClient::builder(srv.base_url())
+        .sync_token(jwt)
+        .topics([topic("run:secrets:events")])
+        .in_memory()
+        .options(ClientOptions {
+            dialect: Dialect::Fanout,
+            ..fast_options()
+        })
+        .build()
+        .unwrap();
+    assert_clean("a client built with sync_token", &format!("{fixed:?}"));
 
     let debug = format!(
         "{c:?}\n{:?}\n{:?}\n{bad_status:?}\n{}",
