@@ -1,16 +1,17 @@
 //! Newtypes shared by every dialect: topic names, watermarks, document keys.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 /// A Khala topic name such as `runtime.run_summaries` (PROTOCOL.md §2.5).
 ///
 /// Non-empty and at most [`Topic::MAX_LEN`] bytes; the wire may carry anything, so
-/// construction goes through [`Topic::new`].
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Topic(String);
+/// construction goes through [`Topic::new`]. Cheap to clone (a shared string): every update,
+/// write and change carries its topic.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Topic(Arc<str>);
 
 impl Topic {
     /// Longest topic name accepted (bytes).
@@ -19,10 +20,15 @@ impl Topic {
     /// Validates and wraps a topic name.
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
         let name = name.into();
+        Self::check(&name)?;
+        Ok(Topic(Arc::from(name)))
+    }
+
+    fn check(name: &str) -> Result<(), InvalidName> {
         if name.is_empty() || name.len() > Self::MAX_LEN || name.chars().any(char::is_control) {
             return Err(InvalidName { kind: "topic" });
         }
-        Ok(Topic(name))
+        Ok(())
     }
 
     /// The topic name.
@@ -31,10 +37,39 @@ impl Topic {
     }
 }
 
+impl Serialize for Topic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+thread_local! {
+    /// The topic decoded last on this thread: a replay carries the same topic in every
+    /// update, so decoding reuses it instead of allocating a string per update.
+    static LAST_TOPIC: std::cell::RefCell<Option<Topic>> = const { std::cell::RefCell::new(None) };
+}
+
 impl<'de> Deserialize<'de> for Topic {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Topic::new(s).map_err(serde::de::Error::custom)
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Topic;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a topic name")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Topic, E> {
+                let cached =
+                    LAST_TOPIC.with(|c| c.borrow().as_ref().filter(|t| t.as_str() == s).cloned());
+                if let Some(t) = cached {
+                    return Ok(t);
+                }
+                Topic::check(s).map_err(E::custom)?;
+                let t = Topic(Arc::from(s));
+                LAST_TOPIC.with(|c| *c.borrow_mut() = Some(t.clone()));
+                Ok(t)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -137,4 +172,24 @@ impl fmt::Display for Watermark {
 #[error("invalid {kind}: empty, too long, or contains control characters")]
 pub struct InvalidName {
     kind: &'static str,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod topic_decode_tests {
+    use super::Topic;
+
+    #[test]
+    fn decoding_reuses_the_last_topic_and_still_validates() {
+        let a: Vec<Topic> = serde_json::from_str(r#"["a","a","b","a","b\u0061"]"#).unwrap();
+        let names: Vec<&str> = a.iter().map(Topic::as_str).collect();
+        assert_eq!(names, ["a", "a", "b", "a", "ba"]);
+        // The same shared string, not a copy per element.
+        assert!(std::sync::Arc::ptr_eq(&a[0].0, &a[1].0));
+        for bad in [r#""""#, r#""x\u0001""#, "1", "null"] {
+            assert!(serde_json::from_str::<Topic>(bad).is_err(), "{bad}");
+        }
+        let long = format!("\"{}\"", "t".repeat(Topic::MAX_LEN + 1));
+        assert!(serde_json::from_str::<Topic>(&long).is_err());
+    }
 }
