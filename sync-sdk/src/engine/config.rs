@@ -67,7 +67,7 @@ pub struct EngineConfig {
     /// Largest group commit, in updates. While one commit is in flight, the batches that
     /// arrive queue up (up to this many updates) and are committed together, coalesced per
     /// document; a crash re-replays at most one group. Bigger groups write fewer SQLite
-    /// pages per update (faster catch-up) and hold more in memory. Default 8,000.
+    /// pages per update (faster catch-up) and hold more in memory. Default 6,000.
     pub group_commit_max_updates: usize,
     /// Wire dialect. Default [`Dialect::Auto`].
     pub dialect: Dialect,
@@ -104,7 +104,7 @@ impl EngineConfig {
             connect_timeout: Duration::from_secs(15),
             decode_limits: DecodeLimits::default(),
             seed: 0x6b68_616c_6173_796e,
-            group_commit_max_updates: 8_000,
+            group_commit_max_updates: 6_000,
             dialect: Dialect::Auto,
             fanout_transport: FanoutTransport::Auto,
             fanout_max_opening: 4,

@@ -175,7 +175,7 @@ pub struct ClientOptions {
     /// Seed of the backoff jitter (default: random per client).
     pub jitter_seed: Option<u64>,
     /// Largest group commit while catching up, in updates (see
-    /// [`EngineConfig::group_commit_max_updates`]). Default 8,000.
+    /// [`EngineConfig::group_commit_max_updates`]). Default 6,000.
     pub group_commit_max_updates: usize,
     /// Wire dialect (PROTOCOL.md §2 / §6). Default [`Dialect::Auto`]: Phoenix, or the
     /// runtime fanout when the server has no Phoenix socket route.
@@ -212,7 +212,7 @@ impl Default for ClientOptions {
             token_ttl_seconds: None,
             scopes: None,
             jitter_seed: None,
-            group_commit_max_updates: 8_000,
+            group_commit_max_updates: 6_000,
             dialect: Dialect::Auto,
             fanout_transport: FanoutTransport::Auto,
             poll_interval: Duration::from_secs(1),

@@ -92,7 +92,8 @@ fn bench_options() -> ClientOptions {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
     ClientOptions {
         // Tuning experiments (docs/PERFORMANCE.md): KHALA_BENCH_GROUP=<updates>.
-        group_commit_max_updates: env("KHALA_BENCH_GROUP").unwrap_or(8_000),
+        group_commit_max_updates: env("KHALA_BENCH_GROUP")
+            .unwrap_or(ClientOptions::default().group_commit_max_updates),
         // KHALA_BENCH_SNAPSHOT_LIMIT=<docs per snapshot page> (default: the SDK's).
         snapshot_page_limit: env("KHALA_BENCH_SNAPSHOT_LIMIT")
             .and_then(|v| u32::try_from(v).ok())
