@@ -517,6 +517,11 @@ impl Engine {
                 self.metrics.slow_consumer += 1;
                 if polling {
                     self.f_schedule_poll(i, now);
+                } else if probe {
+                    // The head is still unknown; ask again once the socket has caught up a bit.
+                    self.fan[i].want_probe = true;
+                    let at = now.after(self.cfg.poll_interval);
+                    self.f_schedule_poll(i, at);
                 }
             }
             Err(PollFailure::Stale(d)) => self.f_stale(i, &d),
@@ -540,6 +545,7 @@ impl Engine {
                 self.f_schedule_poll(i, now);
             }
             Err(other) => {
+                let missing_route = matches!(other, PollFailure::Status { status: 404, .. });
                 let err = match other {
                     PollFailure::InvalidRequest(m) => SyncError::InvalidRequest {
                         code: Some("invalid_request".into()),
@@ -556,11 +562,16 @@ impl Engine {
                     _ => SyncError::Transport("fanout poll failed".into()),
                 };
                 self.last_error = Some(err);
-                if !polling {
-                    // No head for this WebSocket topic: report it live once its socket is
-                    // open rather than never.
+                if !polling && missing_route {
+                    // No poll route, so no head for this WebSocket topic: report it live once
+                    // its socket is open rather than never.
                     self.fan[i].no_probe = true;
                     self.f_check_live(i);
+                } else if !polling {
+                    // A failed head probe is asked again after the backoff.
+                    self.fan[i].want_probe = true;
+                    let d = self.fan[i].backoff.next_delay(&mut self.rng);
+                    self.f_schedule_poll(i, now.after(d));
                 } else {
                     let d = self.fan[i].backoff.next_delay(&mut self.rng);
                     self.f_schedule_poll(i, now.after(d));

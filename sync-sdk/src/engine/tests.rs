@@ -2491,3 +2491,27 @@ fn fanout_poll_retry_after_a_lost_answer_keeps_the_minimum_interval() {
         at.0 - sent.0
     );
 }
+
+#[test]
+fn fanout_head_probe_retries_after_a_transient_failure_and_gives_up_only_without_a_route() {
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::WebSocket));
+    let acts = sim.start_with(&[(R, 5)]);
+    let (c, _) = connect_topic(&acts).unwrap();
+    assert_eq!(polls(&acts), [(5, 1)], "probe");
+    sim.handle(Event::Connected(c));
+    // A 503 on the probe: not live yet (the head is unknown), probed again later.
+    sim.handle(polled(Err(PollFailure::Status {
+        status: 503,
+        code: None,
+    })));
+    assert_ne!(sim.e.status().topics[0].phase, TopicPhase::Live);
+    let acts = sim.advance(60_000);
+    assert_eq!(polls(&acts), [(5, 1)], "probed again");
+    // The poll route does not exist on this server: live once the socket is open.
+    sim.handle(polled(Err(PollFailure::Status {
+        status: 404,
+        code: None,
+    })));
+    assert_eq!(sim.e.status().topics[0].phase, TopicPhase::Live);
+    assert!(polls(&sim.advance(60_000)).is_empty(), "no more probes");
+}
