@@ -82,6 +82,7 @@ class TabRelay {
   #nextId = 0;
   #subs = new Map(); // topic -> Set<ChangeQueue>
   #delivered = new Map(); // topic -> watermark of the last change handed to the iterators
+  #recent = new Map(); // topic -> Set of watermarks handed to the iterators lately
   #channel = null;
   #abort = null;
   #release = null;
@@ -161,9 +162,9 @@ class TabRelay {
     if (this.#closed || !msg || typeof msg !== 'object') return;
     if (this.#role !== 'follower') {
       if (msg.t === 'hello' && this.#role === 'leader') this.#post({ t: 'status', s: this.#inner.status(), m: this.#inner.metrics() });
-      // A change the previous leader committed just before it went away may still be in
-      // flight: hand it to the iterators (the store already has it; #deliver drops repeats).
-      else if (msg.t === 'change') this.#deliver(msg.c);
+      // A change the previous leader (or, without Web Locks, another standalone tab)
+      // committed: hand it to the iterators (the store already has it).
+      else if (msg.t === 'change') this.#deliverOther(msg.c);
       return;
     }
     if (msg.m) this.#metrics = msg.m;
@@ -189,8 +190,51 @@ class TabRelay {
       const last = this.#delivered.get(c.topic);
       if (c.type !== 'bootstrapped' && last !== undefined && c.watermark <= last) return;
       this.#delivered.set(c.topic, Math.max(last ?? 0, c.watermark));
+      this.#remember(c.topic, c.watermark);
     }
     for (const q of this.#subs.get(c.topic) ?? []) q.push(c);
+  }
+
+  /**
+   * A change another tab committed. Normally newer than anything this tab delivered; but
+   * standalone tabs race (without Web Locks every tab syncs and commits), so a change can
+   * arrive after this tab already delivered a higher watermark of the topic. It is then still
+   * delivered if it is its document's current state in the shared store — a document's last
+   * change is never lost — and dropped if a newer version superseded it (never regress a
+   * document). Order across documents is not kept in that case; each document's changes stay
+   * in version order, and no (topic, watermark) is delivered twice.
+   */
+  async #deliverOther(c) {
+    const last = this.#delivered.get(c.topic);
+    if (typeof c.watermark !== 'number' || c.type === 'bootstrapped' || last === undefined || c.watermark > last) {
+      this.#deliver(c);
+      return;
+    }
+    if (this.#seen(c.topic).has(c.watermark) || (c.type !== 'upsert' && c.type !== 'delete')) return;
+    let doc;
+    try {
+      doc = await this.#inner.get(c.topic, c.key);
+    } catch {
+      return;
+    }
+    if (this.#closed || this.#seen(c.topic).has(c.watermark)) return;
+    const current = c.type === 'upsert' ? doc?.version === c.version : doc == null;
+    if (!current) return;
+    this.#remember(c.topic, c.watermark);
+    for (const q of this.#subs.get(c.topic) ?? []) q.push(c);
+  }
+
+  /** Watermarks recently delivered per topic (late-change de-duplication, bounded). */
+  #seen(topic) {
+    let s = this.#recent.get(topic);
+    if (!s) this.#recent.set(topic, (s = new Set()));
+    return s;
+  }
+
+  #remember(topic, watermark) {
+    const s = this.#seen(topic);
+    s.add(watermark);
+    if (s.size > 4096) s.delete(s.values().next().value);
   }
 
   #setStatus(s) {

@@ -8,6 +8,7 @@
 #   1. wasm-bindgen-test under Node           (tests/node.rs)
 #   2. wasm-bindgen-test in headless Chromium (tests/browser.rs: store conformance on IndexedDB)
 #   3. Node package tests                     (e2e/node-package.test.mjs, pkg/node.mjs)
+#  3b. multi-tab relay de-duplication          (e2e/relay.test.mjs, js/core.js, Node)
 #   4. Chromium end-to-end via playwright-core (e2e/web-shell.test.mjs, the web shell page)
 #   5. Chromium multi-tab via playwright-core (e2e/multi-tab.test.mjs: leader election,
 #      hand-off, Web Locks fallback, page lifecycle; its own dev server)
@@ -112,6 +113,10 @@ count_rust "$LOGS/browser-unit.log"
 step "3/7 npm package under Node"
 NODE_OPTIONS="$NODE_WS" node --test --test-reporter=tap "$HERE/e2e/node-package.test.mjs" 2>&1 | tee "$LOGS/node-package.log"
 count_node "$LOGS/node-package.log"
+
+step "3b/7 multi-tab relay de-duplication under Node (js/core.js against a stand-in client)"
+node --test --test-reporter=tap "$HERE/e2e/relay.test.mjs" 2>&1 | tee "$LOGS/node-relay.log"
+count_node "$LOGS/node-relay.log"
 
 step "4/7 web shell in headless Chromium (playwright-core)"
 node --test --test-reporter=tap "$HERE/e2e/web-shell.test.mjs" 2>&1 | tee "$LOGS/chromium-e2e.log"
