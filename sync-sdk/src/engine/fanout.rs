@@ -583,13 +583,20 @@ impl Engine {
     /// A token was refused by a dialect-F route: fetch a fresh one once; a fresh token
     /// refused too is surfaced and minted no faster than the token backoff.
     fn f_refused(&mut self, i: usize) {
-        if self.fan[i].token_gen != self.token_gen || self.token.is_none() {
-            // That token was already refused through another topic: one refusal per token.
+        if self.fan[i].token_gen != self.token_gen {
+            // An older token was refused; the current one was not (yet): the caller retries
+            // with it. Fetching yet another token here would ping-pong forever when two
+            // requests of one token are refused one after the other.
+            return;
+        }
+        if self.token.is_none() {
+            // That token was already refused through another request: one refusal per token,
+            // and its refresh is under way.
             self.request_token();
             return;
         }
         self.auth_refusals += 1;
-        self.token = None;
+        self.refused_token = self.token.take().map(|t| t.token);
         self.last_error = Some(SyncError::Auth {
             status: 401,
             code: None,

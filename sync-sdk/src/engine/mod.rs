@@ -103,6 +103,9 @@ pub struct Engine {
     phoenix_seen: bool,
     /// Incremented with every new token (a refusal of an older token is not counted again).
     token_gen: u64,
+    /// The token a server refused last; the same token offered again (an app-supplied fixed
+    /// token) cannot work, so it stops sync with an auth error instead of retrying forever.
+    refused_token: Option<SyncToken>,
     metrics: Metrics,
     /// Whether the app listens to changes (see [`Engine::set_change_listeners`]).
     change_listeners: bool,
@@ -125,6 +128,7 @@ impl Engine {
             fanout,
             phoenix_seen: cfg.dialect == Dialect::Phoenix,
             token_gen: 0,
+            refused_token: None,
             rng: fastrand::Rng::with_seed(cfg.seed),
             token_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
             reconnect_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
@@ -492,9 +496,30 @@ impl Engine {
             return;
         }
         match r {
+            Ok(grant)
+                if self.auth_refusals >= 2 && self.refused_token.as_ref() == Some(&grant.token) =>
+            {
+                // Refused twice, and the token source hands back the very token the server
+                // refused (a fixed `sync_token`, a provider with a stale cache): retrying
+                // cannot help. The app must supply a new one (then `resume()`).
+                self.metrics.tokens_fetched += 1;
+                self.refused_token = None;
+                self.last_error = Some(SyncError::Auth {
+                    status: 401,
+                    code: Some("token_refused".into()),
+                    message: "the server refused the sync token and the token source returned the same token again".into(),
+                });
+                self.life = Life::AuthFailed;
+                self.drop_connections();
+                self.reconnect_at = None;
+                for ts in &mut self.topics {
+                    ts.detach();
+                }
+            }
             Ok(grant) => {
                 self.metrics.tokens_fetched += 1;
                 self.token_gen += 1;
+                self.refused_token = None;
                 if self.auth_refusals == 0 {
                     self.token_backoff.reset();
                 }
@@ -737,7 +762,7 @@ impl Engine {
                 // The upgrade refused our token. Get a fresh one once; if a fresh token is
                 // refused too, surface it and back off instead of looping.
                 self.auth_refusals += 1;
-                self.token = None;
+                self.refused_token = self.token.take().map(|t| t.token);
                 self.last_error = Some(SyncError::Auth {
                     status: f.status().unwrap_or(401),
                     code: None,

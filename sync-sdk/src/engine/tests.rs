@@ -2515,3 +2515,68 @@ fn fanout_head_probe_retries_after_a_transient_failure_and_gives_up_only_without
     assert_eq!(sim.e.status().topics[0].phase, TopicPhase::Live);
     assert!(polls(&sim.advance(60_000)).is_empty(), "no more probes");
 }
+
+#[test]
+fn fanout_the_same_refused_token_offered_again_stops_with_an_auth_error() {
+    // A fixed app-supplied token that the server no longer accepts: one retry, then stop
+    // (AuthFailed, typed) instead of minting/pacing forever.
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::Poll));
+    sim.start_with(&[]);
+    let refused = || {
+        polled(Err(poll_err(
+            401,
+            json!({"error":"unauthorized","reason_code":"token_too_old"}),
+        )))
+    };
+    assert_eq!(kinds(&sim.handle(refused())), ["FetchToken"]);
+    sim.token(grant(300, None));
+    sim.advance(300);
+    sim.handle(refused());
+    let acts = sim.advance(60_000);
+    assert!(
+        kinds(&acts).contains(&"FetchToken".to_owned()),
+        "{:?}",
+        kinds(&acts)
+    );
+    sim.token(grant(300, None)); // the same token string again
+    let st = sim.e.status();
+    assert_eq!(st.state, ConnectionState::AuthFailed);
+    assert_eq!(
+        st.last_error.as_ref().map(SyncError::code),
+        Some("auth_failed")
+    );
+    assert!(polls(&sim.advance(120_000)).is_empty(), "no more requests");
+}
+
+#[test]
+fn fanout_a_late_refusal_of_an_older_token_does_not_fetch_another() {
+    // The socket's 401 and the head probe's 401 for one token arrive on either side of the
+    // refresh: the late one must not fetch a third token (that ping-pong never counted a
+    // refusal and looped hundreds of times a second against the real server).
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::WebSocket));
+    let acts = sim.start_with(&[]);
+    let (c1, _) = connect_topic(&acts).unwrap();
+    let refused = |status| http_status(status, "invalid_token", None);
+    assert_eq!(
+        kinds(&sim.handle(Event::ConnectFailed(c1, refused(401)))),
+        ["FetchToken"]
+    );
+    let acts = sim.token(grant(300, None));
+    let (c2, _) = connect_topic(&acts).expect("reconnects with the new token");
+    // The first token's probe is refused only now.
+    let late = sim.handle(polled(Err(poll_err(401, json!({"error": "unauthorized"})))));
+    assert!(
+        !kinds(&late).contains(&"FetchToken".to_owned()),
+        "{:?}",
+        kinds(&late)
+    );
+    // The new token is refused too: counted, paced, and the same token again stops sync.
+    sim.handle(Event::ConnectFailed(c2, refused(401)));
+    let acts = sim.advance(60_000);
+    let mints = kinds(&acts).iter().filter(|k| *k == "FetchToken").count();
+    assert!(mints <= 1, "{:?}", kinds(&acts));
+    if mints == 1 {
+        sim.token(grant(300, None));
+        assert_eq!(sim.e.status().state, ConnectionState::AuthFailed);
+    }
+}

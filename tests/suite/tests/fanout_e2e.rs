@@ -569,3 +569,43 @@ async fn several_runs_survive_server_restarts_and_pause_resume() {
         assert_eq!(seen.get(r), Some(&want), "{r}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_token_the_server_refuses_stops_with_a_typed_auth_error() {
+    let srv = fserver(FanoutConfig::default()).await;
+    publish(&srv, 5);
+    for transport in [FanoutTransport::WebSocket, FanoutTransport::Poll] {
+        let c = SyncClient::builder(srv.base_url())
+            .sync_token(srv.mint_tampered_token_for_tests("user:42"))
+            .topics([topic(RUN)])
+            .in_memory()
+            .options(options(transport))
+            .build()
+            .unwrap();
+        let before = srv.metrics().fanout_unauthorized;
+        c.start().unwrap();
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let s = c.current_status();
+            if s.state == khala_sync::ConnectionState::AuthFailed {
+                assert_eq!(s.last_error.as_ref().map(|e| e.code()), Some("auth_failed"));
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{transport:?}: {s:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Refused, retried once with the same token, then nothing more.
+        let refused = srv.metrics().fanout_unauthorized - before;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            srv.metrics().fanout_unauthorized - before,
+            refused,
+            "{transport:?}"
+        );
+        assert!(refused <= 3, "{transport:?}: {refused} refused requests");
+        c.shutdown().await;
+    }
+}
