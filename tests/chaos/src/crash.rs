@@ -42,6 +42,9 @@ pub struct CrashConfig {
     pub stale_every: u32,
     /// Kill the first run only once it is live (so later runs resume by replay).
     pub first_run_until_live: bool,
+    /// Every n-th kill (0 = none) waits until the child reports `replaying`, then kills it
+    /// within 0–20 ms: a kill that is sure to land mid-replay, however fast the replay.
+    pub kill_in_replay_every: u32,
 }
 
 /// Figures of a crash run.
@@ -232,7 +235,22 @@ pub async fn run(cfg: CrashConfig) -> CrashReport {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let in_replay =
+            cfg.kill_in_replay_every > 0 && kill > 0 && kill % cfg.kill_in_replay_every == 0;
+        if in_replay {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline
+                && phase
+                    .lock()
+                    .map(|p| p.as_str() != "replaying")
+                    .unwrap_or(false)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..20))).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
         if std::env::var_os("KHALA_CHAOS_ECHO").is_some() {
             eprintln!(
                 "kill #{kill} after {wait} ms; server: {:?}",

@@ -111,6 +111,7 @@ async fn main() {
                 kill_after_ms: (20, 1_500),
                 stale_every: 3,
                 first_run_until_live: false,
+                kill_in_replay_every: 0,
             })
             .await;
             println!("{}", r.line());
