@@ -655,16 +655,7 @@ impl Engine {
 
     /// Commits what is queued, then a pending truncation, when the topic is idle.
     fn f_flush(&mut self, i: usize) {
-        while !self.topics[i].busy() && !self.topics[i].queue.is_empty() {
-            let mut group: Vec<Update> = Vec::new();
-            while let Some(next) = self.topics[i].pop_queue() {
-                group.extend(next);
-                if group.len() >= self.cfg.group_commit_max_updates {
-                    break;
-                }
-            }
-            self.process_updates(i, group);
-        }
+        self.commit_queued(i);
         let Some(to) = self.fan[i].truncation else {
             return;
         };

@@ -1802,20 +1802,7 @@ impl Engine {
                     return;
                 }
                 self.run_follow(i, inflight.follow);
-                // Group commit: everything that arrived while that apply was in flight goes
-                // into the next transaction (coalesced per document in `process_updates`).
-                // Live traffic arrives one batch at a time and commits at once; a replay
-                // arrives faster than commits and so commits in large groups.
-                while !self.topics[i].busy() && !self.topics[i].queue.is_empty() {
-                    let mut group: Vec<Update> = Vec::new();
-                    while let Some(next) = self.topics[i].pop_queue() {
-                        group.extend(next);
-                        if group.len() >= self.cfg.group_commit_max_updates {
-                            break;
-                        }
-                    }
-                    self.process_updates(i, group);
-                }
+                self.commit_queued(i);
                 if self.fanout {
                     self.f_after_commit(i, truncated);
                 }
@@ -1832,6 +1819,23 @@ impl Engine {
                 self.topics[i].clear_queue();
                 self.schedule_topic_retry(i, topic::RetryKind::Resubscribe);
             }
+        }
+    }
+
+    /// Group commit: everything that arrived while the previous apply was in flight goes into
+    /// the next transaction (coalesced per document in `process_updates`). Live traffic
+    /// arrives one batch at a time and commits at once; a replay arrives faster than commits
+    /// and so commits in large groups.
+    fn commit_queued(&mut self, i: usize) {
+        while !self.topics[i].busy() && !self.topics[i].queue.is_empty() {
+            let mut group: Vec<Update> = Vec::new();
+            while let Some(next) = self.topics[i].pop_queue() {
+                group.extend(next);
+                if group.len() >= self.cfg.group_commit_max_updates {
+                    break;
+                }
+            }
+            self.process_updates(i, group);
         }
     }
 

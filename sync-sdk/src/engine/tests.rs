@@ -2036,7 +2036,11 @@ fn without_change_listeners_commits_notify_nothing_but_count() {
 const R: &str = "run:r1:events";
 
 fn fcfg(transport: FanoutTransport) -> EngineConfig {
-    let mut c = cfg(&[R]);
+    fcfg_topics(&[R], transport)
+}
+
+fn fcfg_topics(topics: &[&str], transport: FanoutTransport) -> EngineConfig {
+    let mut c = cfg(topics);
     c.dialect = Dialect::Fanout;
     c.fanout_transport = transport;
     c
@@ -2068,6 +2072,16 @@ fn poll_err(status: u16, body: Value) -> PollFailure {
 
 fn polled(r: Result<PollPage, PollFailure>) -> Event {
     Event::Polled(topic(R), r)
+}
+
+/// Every topic socket the engine asked for, in order.
+fn connect_topics(acts: &[Action]) -> Vec<ConnId> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::ConnectTopic { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .collect()
 }
 
 fn connect_topic(acts: &[Action]) -> Option<(ConnId, u64)> {
@@ -2388,18 +2402,12 @@ fn fanout_gap_restarts_the_topic_from_the_committed_position() {
 
 #[test]
 fn fanout_forbidden_topic_fails_only_that_topic() {
-    let mut c = cfg(&[R, "run:r2:events"]);
-    c.dialect = Dialect::Fanout;
-    c.fanout_transport = FanoutTransport::WebSocket;
-    let mut sim = Sim::with_cfg(c);
+    let mut sim = Sim::with_cfg(fcfg_topics(
+        &[R, "run:r2:events"],
+        FanoutTransport::WebSocket,
+    ));
     let acts = sim.start_with(&[]);
-    let conns: Vec<ConnId> = acts
-        .iter()
-        .filter_map(|a| match a {
-            Action::ConnectTopic { conn, .. } => Some(*conn),
-            _ => None,
-        })
-        .collect();
+    let conns = connect_topics(&acts);
     assert_eq!(conns.len(), 2, "one socket per topic");
     sim.handle(Event::ConnectFailed(
         conns[0],
@@ -2423,18 +2431,12 @@ fn fanout_forbidden_topic_fails_only_that_topic() {
 
 #[test]
 fn fanout_one_refused_token_counts_once_across_topics() {
-    let mut c = cfg(&[R, "run:r2:events", "run:r3:events"]);
-    c.dialect = Dialect::Fanout;
-    c.fanout_transport = FanoutTransport::WebSocket;
-    let mut sim = Sim::with_cfg(c);
+    let mut sim = Sim::with_cfg(fcfg_topics(
+        &[R, "run:r2:events", "run:r3:events"],
+        FanoutTransport::WebSocket,
+    ));
     let acts = sim.start_with(&[]);
-    let conns: Vec<ConnId> = acts
-        .iter()
-        .filter_map(|a| match a {
-            Action::ConnectTopic { conn, .. } => Some(*conn),
-            _ => None,
-        })
-        .collect();
+    let conns = connect_topics(&acts);
     assert_eq!(conns.len(), 3);
     let mut acts = Vec::new();
     for c in conns {

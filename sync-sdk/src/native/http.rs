@@ -51,14 +51,17 @@ fn transport(e: reqwest::Error) -> HttpFailure {
     HttpFailure::Transport(e.without_url().to_string())
 }
 
-pub(crate) async fn failure(resp: reqwest::Response) -> HttpFailure {
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
+/// `Retry-After` in seconds (the delay form; an HTTP date is ignored).
+fn retry_after_secs(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+}
+
+pub(crate) async fn failure(resp: reqwest::Response) -> HttpFailure {
+    let status = resp.status().as_u16();
+    let retry_after = retry_after_secs(&resp).map(Duration::from_secs);
     let body = read_capped(resp, 64 * 1024).await.unwrap_or_default();
     let parsed = decode_error_body(&body);
     HttpFailure::Status {
@@ -171,12 +174,7 @@ pub(crate) async fn poll(
         .await
         .map_err(|e| PollFailure::Transport(e.without_url().to_string()))?;
     let status = resp.status().as_u16();
-    let retry_after_ms = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(|s| s.saturating_mul(1000));
+    let retry_after_ms = retry_after_secs(&resp).map(|s| s.saturating_mul(1000));
     let body = match read_capped(resp, limits.max_frame_bytes).await {
         Ok(b) => b,
         Err(HttpFailure::Decode(e)) => return Err(PollFailure::Decode(e)),

@@ -186,6 +186,20 @@ fn me() -> tokio::process::Command {
     tokio::process::Command::new(std::env::current_exe().expect("current exe"))
 }
 
+/// This binary as a child, run under the command line in env var `var` when it is set.
+fn wrapped(var: &str) -> tokio::process::Command {
+    match std::env::var(var) {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = tokio::process::Command::new(parts.next().unwrap_or("env"));
+            c.args(parts)
+                .arg(std::env::current_exe().expect("current exe"));
+            c
+        }
+        _ => me(),
+    }
+}
+
 fn topic_spec(name: &str) -> TopicSpec {
     TopicSpec {
         name: name.into(),
@@ -406,17 +420,8 @@ async fn main() {
             .arg(std::env::current_exe().expect("current exe"));
             c
         }
-        None => match std::env::var("KHALA_BENCH_WRAP") {
-            // Any other wrapper, e.g. `strace -f -c -o /tmp/strace.txt`.
-            Ok(w) if !w.trim().is_empty() => {
-                let mut parts = w.split_whitespace();
-                let mut c = tokio::process::Command::new(parts.next().unwrap_or("env"));
-                c.args(parts)
-                    .arg(std::env::current_exe().expect("current exe"));
-                c
-            }
-            _ => me(),
-        },
+        // Any other wrapper, e.g. `strace -f -c -o /tmp/strace.txt`.
+        None => wrapped("KHALA_BENCH_WRAP"),
     };
     let one = run_child(
         one_cmd
@@ -492,16 +497,7 @@ async fn main() {
         server.truncate_before(SNAP, server.head(SNAP));
         let db = dir.path().join("snap.db");
         // `KHALA_BENCH_WRAP_BOOT="perf record …"` wraps this child (like KHALA_BENCH_WRAP).
-        let mut boot_cmd = match std::env::var("KHALA_BENCH_WRAP_BOOT") {
-            Ok(w) if !w.trim().is_empty() => {
-                let mut parts = w.split_whitespace();
-                let mut c = tokio::process::Command::new(parts.next().unwrap_or("env"));
-                c.args(parts)
-                    .arg(std::env::current_exe().expect("current exe"));
-                c
-            }
-            _ => me(),
-        };
+        let mut boot_cmd = wrapped("KHALA_BENCH_WRAP_BOOT");
         let boot = run_child(
             boot_cmd
                 .args(["client", "--server", &base, "--db"])
