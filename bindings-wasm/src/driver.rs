@@ -423,6 +423,7 @@ impl Running {
                 }
                 Action::FetchSnapshotPage {
                     topic,
+                    generation,
                     cursor,
                     limit,
                     token,
@@ -443,7 +444,7 @@ impl Running {
                             decode_snapshot_page,
                         )
                         .await;
-                        Event::SnapshotPageFetched(topic, r)
+                        Event::SnapshotPageFetched(topic, generation, r)
                     });
                 }
                 Action::StoreSnapshotPage {
@@ -464,7 +465,7 @@ impl Running {
                             .finish_snapshot(topic.clone(), generation, w)
                             .await;
                     }
-                    self.feed(Event::SnapshotPageStored(topic, r));
+                    self.feed(Event::SnapshotPageStored(topic, generation, r));
                 }
                 Action::FetchDoc {
                     topic,

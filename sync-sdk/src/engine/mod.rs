@@ -201,8 +201,8 @@ impl Engine {
             }
             Event::Applied(t, r) => self.on_applied(&t, r),
             Event::SnapshotBegun(t, r) => self.on_snapshot_begun(&t, r),
-            Event::SnapshotPageFetched(t, r) => self.on_snapshot_page(&t, r),
-            Event::SnapshotPageStored(t, r) => self.on_snapshot_stored(&t, r),
+            Event::SnapshotPageFetched(t, g, r) => self.on_snapshot_page(&t, g, r),
+            Event::SnapshotPageStored(t, g, r) => self.on_snapshot_stored(&t, g, r),
             Event::DocFetched(t, k, r) => self.on_doc_fetched(&t, &k, r),
         }
         self.emit_status_if_changed();
@@ -1324,14 +1324,48 @@ impl Engine {
             self.request_token();
             return;
         };
-        let ts = &self.topics[i];
-        let cursor = ts.snapshot.as_ref().and_then(|s| s.cursor.clone());
+        let ts = &mut self.topics[i];
+        let Some(snap) = ts.snapshot.as_mut() else {
+            return;
+        };
+        let Some(generation) = snap.generation else {
+            return;
+        };
+        snap.fetching = true;
         self.actions.push_back(Action::FetchSnapshotPage {
             topic: ts.topic.clone(),
-            cursor,
+            generation,
+            cursor: snap.cursor.clone(),
             limit: self.cfg.snapshot_page_limit,
             token,
         });
+    }
+
+    /// Keeps the snapshot pipeline full: the oldest ready page goes to the store when none is
+    /// being stored, and the next page is fetched while fewer than
+    /// [`topic::SNAPSHOT_PAGES_AHEAD`] wait.
+    fn snapshot_pump(&mut self, i: usize) {
+        let ts = &mut self.topics[i];
+        let Some(snap) = ts.snapshot.as_mut() else {
+            return;
+        };
+        let Some(generation) = snap.generation else {
+            return;
+        };
+        if !snap.storing {
+            if let Some((docs, finish)) = snap.ready.pop_front() {
+                snap.storing = true;
+                self.actions.push_back(Action::StoreSnapshotPage {
+                    topic: ts.topic.clone(),
+                    generation,
+                    docs,
+                    finish,
+                });
+            }
+        }
+        if !snap.fetching && !snap.last_received && snap.ready.len() < topic::SNAPSHOT_PAGES_AHEAD {
+            self.fetch_snapshot_page(i);
+        }
     }
 
     fn snapshot_failed(&mut self, i: usize, err: SyncError) {
@@ -1345,15 +1379,18 @@ impl Engine {
         ts.retry_kind = topic::RetryKind::Snapshot;
     }
 
-    fn on_snapshot_page(&mut self, t: &Topic, r: Result<SnapshotPage, HttpFailure>) {
+    fn on_snapshot_page(
+        &mut self,
+        t: &Topic,
+        g: SnapshotGen,
+        r: Result<SnapshotPage, HttpFailure>,
+    ) {
         let Some(i) = self.topic_idx(t) else { return };
-        if self.topics[i]
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.generation)
-            .is_none()
-        {
-            return;
+        match self.topics[i].snapshot.as_mut() {
+            // Only the answer this snapshot is waiting for (not one for an abandoned
+            // generation, nor one it stopped waiting for).
+            Some(snap) if snap.generation == Some(g) && snap.fetching => snap.fetching = false,
+            _ => return,
         }
         let page = match r {
             Ok(p) => p,
@@ -1411,33 +1448,26 @@ impl Engine {
                 return;
             }
         };
-        let generation;
+        let w = page.snapshot_watermark;
         {
             let Some(snap) = self.topics[i].snapshot.as_mut() else {
                 return;
             };
-            if snap.storing {
-                // Fetched ahead: handled once the previous page is stored (pages are stored
-                // in order, the finishing page last).
-                snap.ahead = Some(page);
-                return;
-            }
-            let Some(g) = snap.generation else { return };
-            generation = g;
-            if snap.pinned.is_some_and(|w| w != page.snapshot_watermark) {
+            if snap.pinned.is_some_and(|p| p != w) {
                 // Pages disagree about the snapshot's watermark: not one snapshot. Restart.
                 self.topics[i].snapshot = None;
                 self.begin_snapshot(i);
                 return;
             }
-            snap.pinned = Some(page.snapshot_watermark);
-            // The route accepted the token.
-            self.auth_refusals = 0;
-            self.token_backoff.reset();
-            snap.cursor = page.next_cursor.clone();
+            snap.pinned = Some(w);
+            snap.cursor = page.next_cursor;
+            snap.last_received = snap.cursor.is_none();
             snap.docs += page.docs.len() as u64;
-            snap.finishing = page.next_cursor.is_none();
         }
+        // The route accepted the token.
+        self.auth_refusals = 0;
+        self.token_backoff.reset();
+        // Verified on arrival, so the store never waits for it.
         let mut docs = Vec::with_capacity(page.docs.len());
         for d in page.docs {
             let payload = hash::into_payload_string(d.payload);
@@ -1452,51 +1482,38 @@ impl Engine {
                 doc_version: d.doc_version,
                 payload: Some(payload),
                 payload_hash: d.payload_hash,
-                watermark: page.snapshot_watermark,
+                watermark: w,
                 verified,
             });
         }
         self.metrics.snapshot_docs += docs.len() as u64;
-        let finish = page
-            .next_cursor
-            .is_none()
-            .then_some(page.snapshot_watermark);
-        self.actions.push_back(Action::StoreSnapshotPage {
-            topic: t.clone(),
-            generation,
-            docs,
-            finish,
-        });
         if let Some(snap) = self.topics[i].snapshot.as_mut() {
-            snap.storing = true;
+            let finish = snap.last_received.then_some(w);
+            snap.ready.push_back((docs, finish));
         }
-        if finish.is_none() {
-            // Pipeline: fetch the next page while this one is written.
-            self.fetch_snapshot_page(i);
-        }
+        self.snapshot_pump(i);
     }
 
-    fn on_snapshot_stored(&mut self, t: &Topic, r: Result<(), StoreError>) {
+    fn on_snapshot_stored(&mut self, t: &Topic, g: SnapshotGen, r: Result<(), StoreError>) {
         let Some(i) = self.topic_idx(t) else { return };
-        let Some(snap) = self.topics[i].snapshot.as_ref() else {
+        let Some(snap) = self.topics[i].snapshot.as_mut() else {
             return;
         };
+        if snap.generation != Some(g) || !snap.storing {
+            // A store of an abandoned generation (restart, pause) finished late.
+            return;
+        }
+        snap.storing = false;
         if let Err(e) = r {
             self.snapshot_failed(i, SyncError::Store(e));
             return;
         }
-        if !snap.finishing {
-            // The next page was requested when this one arrived; if it is already here,
-            // store it now.
-            let ahead = self.topics[i].snapshot.as_mut().and_then(|s| {
-                s.storing = false;
-                s.ahead.take()
-            });
-            if let Some(page) = ahead {
-                self.on_snapshot_page(t, Ok(page));
-            }
+        if !(snap.last_received && snap.ready.is_empty()) {
+            // More pages to store (or to fetch).
+            self.snapshot_pump(i);
             return;
         }
+        // The finishing page (always stored last) is in: the snapshot is committed.
         let w = snap.pinned.unwrap_or(Watermark::ZERO);
         let docs = snap.docs;
         let ts = &mut self.topics[i];

@@ -472,6 +472,16 @@ impl Sim {
         self.e.watermark(&topic(t)).unwrap().get()
     }
 
+    /// The generation of `t`'s snapshot in progress (what the driver echoes in its answers).
+    fn snap_gen(&self, t: &str) -> SnapshotGen {
+        let i = self.e.topic_idx(&topic(t)).unwrap();
+        self.e.topics[i]
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.generation)
+            .unwrap()
+    }
+
     fn state(&self) -> ConnectionState {
         self.e.status().state
     }
@@ -519,7 +529,11 @@ fn first_run_bootstraps_from_snapshot_then_subscribes_from_its_watermark() {
         ],
         Some("c1"),
     );
-    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(page1)));
+    let acts = s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        s.snap_gen(A),
+        Ok(page1),
+    ));
     // Pipelined: the next page is fetched while this one is stored.
     assert_eq!(
         kinds(&acts),
@@ -535,15 +549,19 @@ fn first_run_bootstraps_from_snapshot_then_subscribes_from_its_watermark() {
     assert_eq!(docs[0].payload.as_deref(), Some(r#"{"s":1}"#));
     assert_eq!(s.topic_status(A).snapshot_docs, 2);
 
-    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     assert_eq!(kinds(&acts), Vec::<String>::new());
     let page2 = snapshot_page(A, 100, vec![snap_doc("run:3", 9, json!([1, 2]))], None);
-    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(page2)));
+    let acts = s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        s.snap_gen(A),
+        Ok(page2),
+    ));
     assert_eq!(kinds(&acts), ["StoreSnapshotPage A docs=1 finish=100"]);
     // Nothing is committed until the final page is stored.
     assert_eq!(s.wm(A), 0);
 
-    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@100]"]);
     assert_eq!(
         changes(&acts),
@@ -747,14 +765,18 @@ fn hash_mismatch_rejects_resyncs_once_and_keeps_unverified_snapshot_copy() {
     let mut doc = snap_doc("k2", 1, json!({"x": 1.5}));
     doc["payload_hash"] = json!(hash_of(&json!({"x": 1.25})));
     let page = snapshot_page(A, 20, vec![doc, snap_doc("k1", 1, json!(1))], None);
-    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(page)));
+    let acts = s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        s.snap_gen(A),
+        Ok(page),
+    ));
     assert_eq!(kinds(&acts), ["StoreSnapshotPage A docs=2 finish=20"]);
     let (docs, _) = store_pages(&acts).remove(0);
     assert!(!docs[0].verified);
     assert!(docs[1].verified);
     assert_eq!(s.m().unverified_docs, 1);
     assert_eq!(s.m().hash_mismatches, 2);
-    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@20]"]);
     s.sub_ok(C1, &subscribe_in(&acts), &[(A, 20)]);
     assert_eq!(s.phase(A), TopicPhase::Live);
@@ -904,10 +926,14 @@ fn stale_cursor_bootstraps_once_then_tails() {
     s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
     let page = snapshot_page(A, 90, vec![snap_doc("k", 4, json!({}))], None);
     assert_eq!(
-        kinds(&s.handle(Event::SnapshotPageFetched(topic(A), Ok(page)))),
+        kinds(&s.handle(Event::SnapshotPageFetched(
+            topic(A),
+            s.snap_gen(A),
+            Ok(page)
+        ))),
         ["StoreSnapshotPage A docs=1 finish=90"]
     );
-    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@90]"]);
     s.sub_ok(C1, &subscribe_in(&acts), &[(A, 90)]);
     assert_eq!(s.phase(A), TopicPhase::Live);
@@ -932,8 +958,12 @@ fn run_snapshot(s: &mut Sim, t: &str, generation: u64, w: u64) -> Vec<Action> {
         [format!("FetchSnapshotPage {} cursor=-", alias(t))]
     );
     let page = snapshot_page(t, w, vec![snap_doc("k", 1, json!(w))], None);
-    s.handle(Event::SnapshotPageFetched(topic(t), Ok(page)));
-    s.handle(Event::SnapshotPageStored(topic(t), Ok(())))
+    s.handle(Event::SnapshotPageFetched(
+        topic(t),
+        s.snap_gen(t),
+        Ok(page),
+    ));
+    s.handle(Event::SnapshotPageStored(topic(t), s.snap_gen(t), Ok(())))
 }
 
 #[test]
@@ -1412,6 +1442,7 @@ fn snapshot_404_falls_back_to_window_resync() {
     s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
     let acts = s.handle(Event::SnapshotPageFetched(
         topic(A),
+        s.snap_gen(A),
         Err(http_status(404, "not_found", None)),
     ));
     // Resubscribe without resume_after: the server replays its retained window.
@@ -1445,6 +1476,7 @@ fn snapshot_404_falls_back_to_window_resync() {
     s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(2))));
     let acts = s.handle(Event::SnapshotPageFetched(
         topic(A),
+        s.snap_gen(A),
         Err(http_status(404, "not_found", None)),
     ));
     assert_eq!(kinds(&acts), ["subscribe#1[A]"]);
@@ -1459,18 +1491,18 @@ fn snapshot_pages_with_different_watermarks_restart_the_snapshot() {
     s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
     let p1 = snapshot_page(A, 100, vec![snap_doc("k1", 1, json!(1))], Some("c1"));
     assert_eq!(
-        kinds(&s.handle(Event::SnapshotPageFetched(topic(A), Ok(p1)))),
+        kinds(&s.handle(Event::SnapshotPageFetched(topic(A), s.snap_gen(A), Ok(p1)))),
         [
             "StoreSnapshotPage A docs=1 finish=-",
             "FetchSnapshotPage A cursor=c1"
         ]
     );
     assert_eq!(
-        kinds(&s.handle(Event::SnapshotPageStored(topic(A), Ok(())))),
+        kinds(&s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())))),
         Vec::<String>::new()
     );
     let p2 = snapshot_page(A, 120, vec![snap_doc("k2", 1, json!(2))], None);
-    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(p2)));
+    let acts = s.handle(Event::SnapshotPageFetched(topic(A), s.snap_gen(A), Ok(p2)));
     assert_eq!(
         kinds(&acts),
         ["BeginSnapshot A"],
@@ -1487,7 +1519,7 @@ fn snapshot_pages_with_different_watermarks_restart_the_snapshot() {
         vec![snap_doc("k1", 1, json!(1)), snap_doc("k2", 1, json!(2))],
         None,
     );
-    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(p)));
+    let acts = s.handle(Event::SnapshotPageFetched(topic(A), s.snap_gen(A), Ok(p)));
     match &acts[..] {
         [Action::StoreSnapshotPage {
             generation, finish, ..
@@ -1498,7 +1530,7 @@ fn snapshot_pages_with_different_watermarks_restart_the_snapshot() {
         other => panic!("{:?}", kinds(other)),
     }
     s.join(C1);
-    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@120]"]);
 }
 
@@ -1777,15 +1809,23 @@ fn scripted_session(seed: u64) -> Vec<String> {
     s.join(ConnId(5));
     s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
     let page = snapshot_page(A, 50, vec![snap_doc("k", 1, json!(1))], None);
-    s.handle(Event::SnapshotPageFetched(topic(A), Ok(page)));
-    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        s.snap_gen(A),
+        Ok(page),
+    ));
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     let sub = subscribe_in(&acts);
     s.reply(ConnId(5), &sub, false, stale_for(A));
     s.advance(1_000);
     s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(2))));
     let page = snapshot_page(A, 60, vec![], None);
-    s.handle(Event::SnapshotPageFetched(topic(A), Ok(page)));
-    s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        s.snap_gen(A),
+        Ok(page),
+    ));
+    s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     let acts = s.batch(ConnId(5), A, vec![upd(A, "k", 2, 61, json!(2))], 61);
     s.apply_ok(&acts);
     s.push(
@@ -1945,10 +1985,15 @@ fn snapshot_401_with_fresh_tokens_backs_off_instead_of_minting_in_a_loop() {
                     gen += 1;
                     s.handle(Event::SnapshotBegun(t, Ok(SnapshotGen(gen))))
                 }
-                Action::FetchSnapshotPage { topic: t, .. } => {
+                Action::FetchSnapshotPage {
+                    topic: t,
+                    generation,
+                    ..
+                } => {
                     pages += 1;
                     s.handle(Event::SnapshotPageFetched(
                         t,
+                        generation,
                         Err(http_status(401, "unauthorized", None)),
                     ))
                 }
@@ -1987,7 +2032,7 @@ fn snapshot_page_fetched_ahead_waits_for_the_previous_store() {
     s.join(C1);
     s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
     let p1 = snapshot_page(A, 50, vec![snap_doc("a", 1, json!(1))], Some("c1"));
-    let acts = s.handle(Event::SnapshotPageFetched(topic(A), Ok(p1)));
+    let acts = s.handle(Event::SnapshotPageFetched(topic(A), s.snap_gen(A), Ok(p1)));
     assert_eq!(
         kinds(&acts),
         [
@@ -1998,17 +2043,136 @@ fn snapshot_page_fetched_ahead_waits_for_the_previous_store() {
     // The last page arrives while page 1 is still being written: nothing happens yet.
     let p2 = snapshot_page(A, 50, vec![snap_doc("b", 1, json!(2))], None);
     assert_eq!(
-        kinds(&s.handle(Event::SnapshotPageFetched(topic(A), Ok(p2)))),
+        kinds(&s.handle(Event::SnapshotPageFetched(topic(A), s.snap_gen(A), Ok(p2)))),
         Vec::<String>::new()
     );
     // Page 1 stored → page 2 (the finishing one) is stored now.
     assert_eq!(
-        kinds(&s.handle(Event::SnapshotPageStored(topic(A), Ok(())))),
+        kinds(&s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())))),
         ["StoreSnapshotPage A docs=1 finish=50"]
     );
-    let acts = s.handle(Event::SnapshotPageStored(topic(A), Ok(())));
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@50]"]);
     assert_eq!(s.wm(A), 50);
+}
+
+/// Fetching runs ahead of a slow store by up to `SNAPSHOT_PAGES_AHEAD` verified pages (so the
+/// store never waits for the network or the hash checks), and no further.
+#[test]
+fn snapshot_fetches_up_to_two_pages_ahead_of_a_slow_store() {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[]);
+    s.join(C1);
+    s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
+    let page = |n: u32, next: Option<&str>| {
+        snapshot_page(A, 70, vec![snap_doc(&format!("k{n}"), 1, json!(n))], next)
+    };
+    let acts = s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        s.snap_gen(A),
+        Ok(page(1, Some("c1"))),
+    ));
+    assert_eq!(
+        kinds(&acts),
+        [
+            "StoreSnapshotPage A docs=1 finish=-",
+            "FetchSnapshotPage A cursor=c1"
+        ]
+    );
+    // Page 1 is still being written: pages 2 and 3 are fetched (and verified) meanwhile…
+    let acts = s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        s.snap_gen(A),
+        Ok(page(2, Some("c2"))),
+    ));
+    assert_eq!(kinds(&acts), ["FetchSnapshotPage A cursor=c2"]);
+    let acts = s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        s.snap_gen(A),
+        Ok(page(3, Some("c3"))),
+    ));
+    // …but not a fourth while two wait.
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert_eq!(s.topic_status(A).snapshot_docs, 3);
+    // Each store hands over the next page, in order, and frees room to fetch.
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
+    assert_eq!(
+        kinds(&acts),
+        [
+            "StoreSnapshotPage A docs=1 finish=-",
+            "FetchSnapshotPage A cursor=c3"
+        ]
+    );
+    assert_eq!(store_pages(&acts)[0].0[0].doc_key.as_str(), "k2");
+    let acts = s.handle(Event::SnapshotPageFetched(
+        topic(A),
+        s.snap_gen(A),
+        Ok(page(4, None)),
+    ));
+    assert_eq!(kinds(&acts), Vec::<String>::new());
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
+    assert_eq!(kinds(&acts), ["StoreSnapshotPage A docs=1 finish=-"]);
+    assert_eq!(store_pages(&acts)[0].0[0].doc_key.as_str(), "k3");
+    // The finishing page is stored last, and only then is the snapshot committed.
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
+    assert_eq!(kinds(&acts), ["StoreSnapshotPage A docs=1 finish=70"]);
+    assert_eq!(s.wm(A), 0);
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@70]"]);
+    assert_eq!(s.wm(A), 70);
+}
+
+/// Answers that belong to an abandoned snapshot generation (a page fetch or a page store still
+/// running when the snapshot restarted) are ignored, not taken for the new generation's.
+#[test]
+fn late_answers_for_an_abandoned_snapshot_generation_are_ignored() {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[]);
+    s.join(C1);
+    s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
+    let p1 = snapshot_page(A, 100, vec![snap_doc("k1", 1, json!(1))], Some("c1"));
+    s.handle(Event::SnapshotPageFetched(topic(A), SnapshotGen(1), Ok(p1)));
+    // Page 2 disagrees about the watermark while page 1 is still being stored: restart at
+    // once, with page 1's store in flight.
+    let p2 = snapshot_page(A, 120, vec![snap_doc("k2", 1, json!(2))], None);
+    assert_eq!(
+        kinds(&s.handle(Event::SnapshotPageFetched(topic(A), SnapshotGen(1), Ok(p2)))),
+        ["BeginSnapshot A"]
+    );
+    let acts = s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(2))));
+    assert_eq!(kinds(&acts), ["FetchSnapshotPage A cursor=-"]);
+    // Generation 1's answers, late: page 1's store result and a page. Both are ignored.
+    assert_eq!(
+        kinds(&s.handle(Event::SnapshotPageStored(topic(A), SnapshotGen(1), Ok(())))),
+        Vec::<String>::new()
+    );
+    let late = snapshot_page(A, 100, vec![snap_doc("old", 1, json!(0))], None);
+    assert_eq!(
+        kinds(&s.handle(Event::SnapshotPageFetched(
+            topic(A),
+            SnapshotGen(1),
+            Ok(late)
+        ))),
+        Vec::<String>::new()
+    );
+    // Generation 2 goes on normally.
+    let p = snapshot_page(
+        A,
+        120,
+        vec![snap_doc("k1", 1, json!(1)), snap_doc("k2", 1, json!(2))],
+        None,
+    );
+    let acts = s.handle(Event::SnapshotPageFetched(topic(A), SnapshotGen(2), Ok(p)));
+    assert_eq!(kinds(&acts), ["StoreSnapshotPage A docs=2 finish=120"]);
+    // A stored answer nobody asked for (no store in flight) is ignored too.
+    let acts = s.handle(Event::SnapshotPageStored(topic(A), SnapshotGen(2), Ok(())));
+    assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@120]"]);
+    assert_eq!(
+        kinds(&s.handle(Event::SnapshotPageStored(topic(A), SnapshotGen(2), Ok(())))),
+        Vec::<String>::new()
+    );
+    assert_eq!(s.wm(A), 120);
+    assert_eq!(s.m().snapshots, 2);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{Backoff, Change, ConnId, Millis, TopicPhase, TopicStatus};
 use crate::error::SyncError;
 use crate::protocol::{Topic, Update, Watermark};
-use crate::store::{ApplyBatch, SnapshotGen};
+use crate::store::{ApplyBatch, DocWrite, SnapshotGen};
 
 /// What to do once the current batch is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,17 +45,29 @@ pub(super) struct Hydration {
     pub follow: FollowUp,
 }
 
+/// Verified snapshot pages kept ahead of the store, at most (plus one being stored and one
+/// being fetched): fetching, verifying and writing overlap, memory stays a few pages.
+pub(super) const SNAPSHOT_PAGES_AHEAD: usize = 2;
+
+/// A verified snapshot page waiting for the store: its writes, and `Some(snapshot watermark)`
+/// when it is the last page.
+pub(super) type ReadyPage = (Vec<DocWrite>, Option<Watermark>);
+
 #[derive(Debug, Default)]
 pub(super) struct SnapState {
     pub generation: Option<SnapshotGen>,
+    /// Cursor for the next page (`None` before the first page).
     pub cursor: Option<String>,
     pub pinned: Option<Watermark>,
     pub docs: u64,
-    pub finishing: bool,
-    /// A page is being stored; the next one is fetched meanwhile (one page ahead).
+    /// The last page (no next cursor) has arrived.
+    pub last_received: bool,
+    /// A page fetch is in flight (one at a time: each page names the next one's cursor).
+    pub fetching: bool,
+    /// A page is being stored (one at a time, in page order, the finishing page last).
     pub storing: bool,
-    /// The next page, fetched before the previous one was stored.
-    pub ahead: Option<crate::protocol::http::SnapshotPage>,
+    /// Pages fetched and verified, waiting for the store, in order.
+    pub ready: VecDeque<ReadyPage>,
 }
 
 #[derive(Debug)]

@@ -133,10 +133,11 @@ pub enum Event {
     Applied(Topic, Result<ApplyOutcome, StoreError>),
     /// Result of [`Action::BeginSnapshot`].
     SnapshotBegun(Topic, Result<SnapshotGen, StoreError>),
-    /// Result of [`Action::FetchSnapshotPage`].
-    SnapshotPageFetched(Topic, Result<SnapshotPage, HttpFailure>),
-    /// Result of [`Action::StoreSnapshotPage`].
-    SnapshotPageStored(Topic, Result<(), StoreError>),
+    /// Result of [`Action::FetchSnapshotPage`], with the action's generation (a late answer
+    /// for an abandoned snapshot is told apart from the current one's and ignored).
+    SnapshotPageFetched(Topic, SnapshotGen, Result<SnapshotPage, HttpFailure>),
+    /// Result of [`Action::StoreSnapshotPage`], with the action's generation.
+    SnapshotPageStored(Topic, SnapshotGen, Result<(), StoreError>),
     /// Result of [`Action::FetchDoc`].
     DocFetched(Topic, DocKey, Result<DocResponse, HttpFailure>),
     /// Result of [`Action::Poll`] (dialect F), decoded with
@@ -202,6 +203,8 @@ pub enum Action {
     FetchSnapshotPage {
         /// Topic.
         topic: Topic,
+        /// Generation from `SnapshotBegun`, returned in the answer.
+        generation: SnapshotGen,
         /// Cursor from the previous page.
         cursor: Option<String>,
         /// Page size.
@@ -210,6 +213,8 @@ pub enum Action {
         token: SyncToken,
     },
     /// Stage a page (and, with `finish`, swap it in); answer [`Event::SnapshotPageStored`].
+    /// Drivers may run it concurrently with other actions (the engine keeps one page store
+    /// in flight per topic, in page order).
     StoreSnapshotPage {
         /// Topic.
         topic: Topic,

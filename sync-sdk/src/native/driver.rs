@@ -263,6 +263,7 @@ impl Driver {
                 }
                 Action::FetchSnapshotPage {
                     topic,
+                    generation,
                     cursor,
                     limit,
                     token,
@@ -271,7 +272,7 @@ impl Driver {
                     let (http, limits) = (self.http.clone(), self.limits);
                     self.spawn_event(async move {
                         let r = http::fetch_snapshot_page(&http, &url, &token, &limits).await;
-                        Event::SnapshotPageFetched(topic, r)
+                        Event::SnapshotPageFetched(topic, generation, r)
                     });
                 }
                 Action::StoreSnapshotPage {
@@ -280,17 +281,21 @@ impl Driver {
                     docs,
                     finish,
                 } => {
-                    let mut r = self
-                        .store
-                        .put_snapshot_page(topic.clone(), generation, docs)
-                        .await;
-                    if let (Ok(()), Some(w)) = (&r, finish) {
-                        r = self
-                            .store
-                            .finish_snapshot(topic.clone(), generation, w)
+                    // On the store's thread while the engine fetches and verifies the next
+                    // pages (the engine keeps one page store in flight, in order; shutdown
+                    // waits for it like for commits).
+                    let store = Arc::clone(&self.store);
+                    let tx = self.applied_tx.clone();
+                    self.applies.spawn(async move {
+                        let mut r = store
+                            .put_snapshot_page(topic.clone(), generation, docs)
                             .await;
-                    }
-                    self.feed(Event::SnapshotPageStored(topic, r));
+                        if let (Ok(()), Some(w)) = (&r, finish) {
+                            r = store.finish_snapshot(topic.clone(), generation, w).await;
+                        }
+                        let _ = tx.send(Event::SnapshotPageStored(topic, generation, r));
+                    });
+                    while self.applies.try_join_next().is_some() {}
                 }
                 Action::FetchDoc {
                     topic,

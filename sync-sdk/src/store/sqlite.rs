@@ -431,6 +431,22 @@ fn write_docs(
     Ok(kept)
 }
 
+/// Deletes every generation of `topic`'s documents except `keep`, as two key-range deletes
+/// (a `snapshot_gen <> ?` filter would visit every row of the topic, including the 100k just
+/// written by a snapshot, only to keep them).
+fn delete_other_generations(c: &Connection, topic: &Topic, keep: i64) -> Result<(), StoreError> {
+    for sql in [
+        "DELETE FROM khala_docs WHERE topic = ?1 AND snapshot_gen < ?2",
+        "DELETE FROM khala_docs WHERE topic = ?1 AND snapshot_gen > ?2",
+    ] {
+        c.prepare_cached(sql)
+            .map_err(map_err)?
+            .execute(params![topic.as_str(), keep])
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
 /// Deletes a document of generation `g` if `version >=` the stored one. Returns false when a
 /// newer document was kept (an absent document is not "kept").
 fn delete_doc(c: &Connection, topic: &Topic, g: i64, w: &DocWrite) -> Result<bool, StoreError> {
@@ -567,10 +583,7 @@ impl Store for SqliteStore {
                 + 1;
             meta_put(&tx, "last_snapshot_gen", Some(&next.to_string()))?;
             // Leftovers of an unfinished snapshot (crash, restart, stale_cursor again).
-            tx.prepare_cached("DELETE FROM khala_docs WHERE topic = ?1 AND snapshot_gen <> ?2")
-                .map_err(map_err)?
-                .execute(params![topic.as_str(), committed])
-                .map_err(map_err)?;
+            delete_other_generations(&tx, &topic, committed)?;
             tx.prepare_cached(
                 "INSERT INTO khala_topics(topic, watermark, snapshot_gen, staged_gen)
                  VALUES(?1, 0, 0, ?2)
@@ -612,10 +625,7 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
             let g = require_staged(&tx, &topic, generation)?;
-            tx.prepare_cached("DELETE FROM khala_docs WHERE topic = ?1 AND snapshot_gen <> ?2")
-                .map_err(map_err)?
-                .execute(params![topic.as_str(), g])
-                .map_err(map_err)?;
+            delete_other_generations(&tx, &topic, g)?;
             tx.prepare_cached(
                 "UPDATE khala_topics SET watermark = ?2, snapshot_gen = ?3, staged_gen = NULL,
                      snapshot_watermark = ?2, updated_at = ?4

@@ -37,6 +37,9 @@ struct Cli {
     /// Skip the old-stack Node consumer (it needs npm and a C++ compiler for better-sqlite3).
     #[arg(long)]
     no_node: bool,
+    /// Only the snapshot-bootstrap rows (for profiling the bootstrap path).
+    #[arg(long)]
+    only_bootstrap: bool,
 }
 
 #[derive(Subcommand)]
@@ -338,6 +341,25 @@ async fn main() {
         if quick { "quick" } else { "full" }
     );
 
+    if cli.only_bootstrap {
+        bootstrap_rows(&server, &base, dir.path(), snapshot_docs, &mut rows, &mut failures).await;
+        for r in &rows {
+            println!(
+                "| {} | {} | {:.3} s | {:.0}/s | {} |",
+                r.name,
+                r.updates,
+                r.time.as_secs_f64(),
+                r.updates as f64 / r.time.as_secs_f64(),
+                r.note
+            );
+        }
+        if !failures.is_empty() {
+            eprintln!("CORRECTNESS FAILURES: {failures:?}");
+            std::process::exit(1);
+        }
+        return;
+    }
+
     // 1. A first document per topic, and resumable SDK files at that watermark.
     let mut rng = fastrand::Rng::with_seed(99);
     for t in std::iter::once(ONE).chain(FOUR) {
@@ -482,58 +504,7 @@ async fn main() {
     }
 
     // 6. Snapshot bootstrap vs raw bulk insert of the same rows.
-    {
-        let mut rng = fastrand::Rng::with_seed(3);
-        let items: Vec<PublishItem> = (0..snapshot_docs)
-            .map(|k| PublishItem {
-                topic: SNAP.into(),
-                doc_key: format!("{SNAP}/doc:{k:06}"),
-                payload: Some(payload(&mut rng, k)),
-            })
-            .collect();
-        for chunk in items.chunks(10_000) {
-            server.try_publish(chunk.to_vec()).expect("publish");
-        }
-        server.truncate_before(SNAP, server.head(SNAP));
-        let db = dir.path().join("snap.db");
-        // `KHALA_BENCH_WRAP_BOOT="perf record …"` wraps this child (like KHALA_BENCH_WRAP).
-        let mut boot_cmd = wrapped("KHALA_BENCH_WRAP_BOOT");
-        let boot = run_child(
-            boot_cmd
-                .args(["client", "--server", &base, "--db"])
-                .arg(&db)
-                .args(["--topics", SNAP, "--until"])
-                .arg(server.head(SNAP).to_string()),
-        )
-        .await;
-        let (n, bad) = verify(&db, &server, SNAP).await;
-        if bad > 0 || boot.snapshots != 1 {
-            failures.push(format!(
-                "bootstrap: {bad} of {n} docs differ, {} snapshots",
-                boot.snapshots
-            ));
-        }
-        let bulk = raw_bulk_insert(&server, dir.path().join("bulk.db"));
-        rows.push(Row {
-            name: format!("raw bulk insert of the {snapshot_docs} snapshot rows (1 tx)"),
-            updates: snapshot_docs,
-            time: bulk,
-            rss_kib: None,
-            note: String::new(),
-        });
-        rows.push(Row {
-            name: format!(
-                "khala-sync snapshot bootstrap, {snapshot_docs} docs (HTTP pages, hash verified)"
-            ),
-            updates: snapshot_docs,
-            time: boot.elapsed,
-            rss_kib: Some(boot.peak_rss_kib),
-            note: format!(
-                "{:.2}x the bulk insert",
-                bulk.as_secs_f64() / boot.elapsed.as_secs_f64()
-            ),
-        });
-    }
+    bootstrap_rows(&server, &base, dir.path(), snapshot_docs, &mut rows, &mut failures).await;
 
     // 7. Live latency and reconnect-and-resume.
     let (lat, reconnect) =
@@ -587,6 +558,67 @@ async fn main() {
         std::process::exit(1);
     }
     println!("\ncorrectness: every catch-up and bootstrap copy equals the server's");
+}
+
+/// Row 6: snapshot bootstrap of `snapshot_docs` documents vs a raw bulk insert of the same rows.
+async fn bootstrap_rows(
+    server: &DevServer,
+    base: &str,
+    dir: &Path,
+    snapshot_docs: u64,
+    rows: &mut Vec<Row>,
+    failures: &mut Vec<String>,
+) {
+    let mut rng = fastrand::Rng::with_seed(3);
+    let items: Vec<PublishItem> = (0..snapshot_docs)
+        .map(|k| PublishItem {
+            topic: SNAP.into(),
+            doc_key: format!("{SNAP}/doc:{k:06}"),
+            payload: Some(payload(&mut rng, k)),
+        })
+        .collect();
+    for chunk in items.chunks(10_000) {
+        server.try_publish(chunk.to_vec()).expect("publish");
+    }
+    server.truncate_before(SNAP, server.head(SNAP));
+    let db = dir.join("snap.db");
+    // `KHALA_BENCH_WRAP_BOOT="perf record …"` wraps this child (like KHALA_BENCH_WRAP).
+    let mut boot_cmd = wrapped("KHALA_BENCH_WRAP_BOOT");
+    let boot = run_child(
+        boot_cmd
+            .args(["client", "--server", base, "--db"])
+            .arg(&db)
+            .args(["--topics", SNAP, "--until"])
+            .arg(server.head(SNAP).to_string()),
+    )
+    .await;
+    let (n, bad) = verify(&db, &server, SNAP).await;
+    if bad > 0 || boot.snapshots != 1 {
+        failures.push(format!(
+            "bootstrap: {bad} of {n} docs differ, {} snapshots",
+            boot.snapshots
+        ));
+    }
+    let bulk = raw_bulk_insert(&server, dir.join("bulk.db"));
+    rows.push(Row {
+        name: format!("raw bulk insert of the {snapshot_docs} snapshot rows (1 tx)"),
+        updates: snapshot_docs,
+        time: bulk,
+        rss_kib: None,
+        note: String::new(),
+    });
+    rows.push(Row {
+        name: format!(
+            "khala-sync snapshot bootstrap, {snapshot_docs} docs (HTTP pages, hash verified)"
+        ),
+        updates: snapshot_docs,
+        time: boot.elapsed,
+        rss_kib: Some(boot.peak_rss_kib),
+        note: format!(
+            "{:.2}x the bulk insert",
+            bulk.as_secs_f64() / boot.elapsed.as_secs_f64()
+        ),
+    });
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
