@@ -54,13 +54,16 @@ impl ProtocolError {
         }
     }
 
-    /// Like [`ProtocolError::json`] for bodies that carry secrets (the token response):
-    /// serde quotes offending string values in its messages (`invalid type: string "eyJ…"`),
-    /// so every double-quoted span of the message is replaced by `"<redacted>"`.
-    pub(crate) fn json_redacted(context: &'static str, err: serde_json::Error) -> Self {
+    /// A shape error found by a hand-written decoder (see `protocol::json`).
+    pub(crate) fn malformed(context: &'static str, detail: String) -> Self {
+        ProtocolError::Malformed { context, detail }
+    }
+
+    /// [`ProtocolError::malformed`] for bodies that carry secrets: quoted spans redacted.
+    pub(crate) fn malformed_redacted(context: &'static str, detail: &str) -> Self {
         ProtocolError::Malformed {
             context,
-            detail: redact_quoted(&err.to_string()),
+            detail: redact_quoted(detail),
         }
     }
 }

@@ -145,20 +145,72 @@ impl TokenGrant {
     }
 }
 
-#[derive(Deserialize)]
-struct Envelope {
-    data: TokenGrant,
-}
-
-/// Decodes a `200` token response body.
+/// Decodes a `200` token response body (`{"data": {...}}`; unknown fields ignored).
+///
+/// A walk over the parsed object instead of `TokenGrant`'s derived `Deserialize` (which
+/// stays for apps that use it): same accepted shapes, a fraction of the web package's bytes.
 pub fn decode_token_response(
     body: &str,
     limits: &DecodeLimits,
 ) -> Result<TokenGrant, ProtocolError> {
     limits.check("token response", body.len())?;
-    let env: Envelope = serde_json::from_str(body)
-        .map_err(|e| ProtocolError::json_redacted("token response", e))?;
-    Ok(env.data)
+    grant_of(body).map_err(|e| ProtocolError::malformed_redacted("token response", &e))
+}
+
+fn grant_of(body: &str) -> Result<TokenGrant, String> {
+    use super::json::{array, obj, object, opt_string, opt_uint, string, take, uint};
+    let mut d = obj(take(&mut object(body)?, "data")?, "data")?;
+    let strings = |v: Option<serde_json::Value>, key: &str| -> Result<Vec<String>, String> {
+        v.map_or(Ok(Vec::new()), |v| {
+            array(v, key)?.into_iter().map(|s| string(s, key)).collect()
+        })
+    };
+    let topic = |v: serde_json::Value| -> Result<Topic, String> {
+        Topic::new(string(v, "granted_topics")?)
+            .map_err(|_| "invalid topic name in `granted_topics`".to_owned())
+    };
+    let granted = |v: serde_json::Value| -> Result<GrantedTopic, String> {
+        match v {
+            serde_json::Value::Object(mut o) => Ok(GrantedTopic::Object {
+                topic: topic(take(&mut o, "topic")?)?,
+                required_scope: opt_string(&mut o, "required_scope")?,
+            }),
+            v => topic(v).map(GrantedTopic::Name),
+        }
+    };
+    // `#[serde(default)]` on a `Vec` accepts absence, not `null`.
+    let present = |d: &mut super::json::Obj, key: &str| match d.remove(key) {
+        Some(serde_json::Value::Null) => {
+            Err(format!("invalid type for `{key}`, expected an array"))
+        }
+        v => Ok(v),
+    };
+    let scopes = present(&mut d, "scopes")?;
+    let granted_topics = present(&mut d, "granted_topics")?;
+    Ok(TokenGrant {
+        token: SyncToken(string(take(&mut d, "token")?, "token")?),
+        token_type: opt_string(&mut d, "token_type")?,
+        expires_in: uint(&take(&mut d, "expires_in")?, "expires_in")?,
+        issued_at: opt_string(&mut d, "issued_at")?,
+        expires_at: opt_string(&mut d, "expires_at")?,
+        issuer: opt_string(&mut d, "issuer")?,
+        audience: opt_string(&mut d, "audience")?,
+        subject: opt_string(&mut d, "subject")?,
+        org_id: opt_string(&mut d, "org_id")?,
+        claims_version: opt_string(&mut d, "claims_version")?,
+        scopes: strings(scopes, "scopes")?,
+        kid: opt_string(&mut d, "kid")?,
+        granted_topics: granted_topics.map_or(Ok(Vec::new()), |v| {
+            array(v, "granted_topics")?
+                .into_iter()
+                .map(granted)
+                .collect()
+        })?,
+        token_id: opt_string(&mut d, "token_id")?,
+        session_id: opt_string(&mut d, "session_id")?,
+        device_id: opt_string(&mut d, "device_id")?,
+        refresh_after_in: opt_uint(&mut d, "refresh_after_in")?,
+    })
 }
 
 /// What a sync token obtained outside the token route (an app callback, `--sync-token`)
@@ -178,18 +230,10 @@ pub struct UnverifiedClaims {
 /// Reads [`UnverifiedClaims`] from a JWT (`header.payload.signature`, base64url payload).
 pub fn unverified_claims(token: &SyncToken) -> UnverifiedClaims {
     use base64::Engine as _;
-    #[derive(Deserialize)]
-    struct Claims {
-        #[serde(default)]
-        sub: Option<serde_json::Value>,
-        #[serde(default)]
-        oa_org_id: Option<serde_json::Value>,
-        #[serde(default)]
-        exp: Option<u64>,
-    }
-    let text = |v: Option<serde_json::Value>| match v {
-        Some(serde_json::Value::String(s)) => Some(s),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+    use serde_json::Value;
+    let text = |v: Option<Value>| match v {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
     let Some(payload) = token.expose().split('.').nth(1) else {
@@ -203,13 +247,20 @@ pub fn unverified_claims(token: &SyncToken) -> UnverifiedClaims {
     else {
         return UnverifiedClaims::default();
     };
-    match serde_json::from_slice::<Claims>(&bytes) {
-        Ok(c) => UnverifiedClaims {
-            subject: text(c.sub),
-            org_id: text(c.oa_org_id),
-            exp: c.exp,
-        },
-        Err(_) => UnverifiedClaims::default(),
+    // Not a JSON object, or an `exp` that is present but not a non-negative integer: nothing.
+    let Some(mut c) = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| super::json::object(t).ok())
+    else {
+        return UnverifiedClaims::default();
+    };
+    let Ok(exp) = super::json::opt_uint(&mut c, "exp") else {
+        return UnverifiedClaims::default();
+    };
+    UnverifiedClaims {
+        subject: text(c.remove("sub")),
+        org_id: text(c.remove("oa_org_id")),
+        exp,
     }
 }
 
