@@ -114,6 +114,50 @@ pub struct EvictionDetails {
     pub suggested_after_seq: Option<u64>,
 }
 
+/// [`StaleDetails`] from a parsed object (the frame itself, or a 410's `details`); a walk
+/// instead of the derived `Deserialize` (kept for apps), see `protocol::json`.
+fn stale_of(mut o: super::json::Obj) -> Result<StaleDetails, String> {
+    use super::json::{array, opt_string, opt_uint, string, take, uint};
+    let reason_codes = match o.remove("reason_codes") {
+        None => Vec::new(),
+        Some(v) => array(v, "reason_codes")?
+            .into_iter()
+            .map(|r| string(r, "reason_codes"))
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(StaleDetails {
+        topic: opt_string(&mut o, "topic")?,
+        requested_cursor: opt_uint(&mut o, "requested_cursor")?,
+        oldest_available_cursor: uint(
+            &take(&mut o, "oldest_available_cursor")?,
+            "oldest_available_cursor",
+        )?,
+        head_cursor: opt_uint(&mut o, "head_cursor")?,
+        reason_codes,
+        replay_lag: opt_uint(&mut o, "replay_lag")?,
+        replay_budget_events: opt_uint(&mut o, "replay_budget_events")?,
+        qos_tier: opt_string(&mut o, "qos_tier")?,
+    })
+}
+
+/// [`EvictionDetails`] from a 409's `details` object.
+fn eviction_of(mut o: super::json::Obj) -> Result<EvictionDetails, String> {
+    use super::json::opt_uint;
+    let mut u32_of = |key: &str| -> Result<Option<u32>, String> {
+        opt_uint(&mut o, key)?
+            .map(|n| u32::try_from(n).map_err(|_| format!("`{key}` out of range")))
+            .transpose()
+    };
+    let strikes = u32_of("strikes")?;
+    let max_strikes = u32_of("max_strikes")?;
+    Ok(EvictionDetails {
+        lag: opt_uint(&mut o, "lag")?,
+        strikes,
+        max_strikes,
+        suggested_after_seq: opt_uint(&mut o, "suggested_after_seq")?,
+    })
+}
+
 /// A dialect-F WebSocket frame.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -207,18 +251,15 @@ pub fn decode_frame(text: &str, limits: &DecodeLimits) -> Result<FanoutFrame, Pr
             })?;
             decode_message(raw).map(FanoutFrame::Message)
         }
-        "stale_cursor" => serde_json::from_str::<StaleDetails>(text)
+        "stale_cursor" => super::json::object(text)
+            .and_then(stale_of)
             .map(FanoutFrame::StaleCursor)
-            .map_err(|e| ProtocolError::json("fanout stale_cursor", e)),
+            .map_err(|e| ProtocolError::malformed("fanout stale_cursor", e)),
         "error" => {
-            #[derive(Deserialize)]
-            struct E {
-                #[serde(default)]
-                message: Option<String>,
-            }
-            let message = serde_json::from_str::<E>(text)
+            let message = super::json::object(text)
                 .ok()
-                .and_then(|e| e.message)
+                .and_then(|mut o| super::json::opt_string(&mut o, "message").ok())
+                .flatten()
                 .unwrap_or_default();
             Ok(FanoutFrame::Error {
                 code: f.code.unwrap_or_else(|| "fanout_error".into()),
@@ -290,18 +331,25 @@ pub enum PollFailure {
     Decode(ProtocolError),
 }
 
-#[derive(Deserialize)]
+/// The fields of a poll error body this client reads (any of them wrong-typed: none).
 struct ErrBody {
-    #[serde(default)]
     error: Option<serde_json::Value>,
-    #[serde(default)]
     reason_code: Option<String>,
-    #[serde(default)]
     retry_after_ms: Option<u64>,
-    #[serde(default)]
-    details: Option<Box<RawValue>>,
-    #[serde(default)]
+    details: Option<serde_json::Value>,
     message: Option<String>,
+}
+
+fn err_body(body: &str) -> Option<ErrBody> {
+    use super::json::{object, opt, opt_string, opt_uint};
+    let mut o = object(body).ok()?;
+    Some(ErrBody {
+        error: opt(&mut o, "error"),
+        reason_code: opt_string(&mut o, "reason_code").ok()?,
+        retry_after_ms: opt_uint(&mut o, "retry_after_ms").ok()?,
+        details: opt(&mut o, "details"),
+        message: opt_string(&mut o, "message").ok()?,
+    })
 }
 
 /// Decodes a poll answer: `status` and `body` as received, `retry_after` the `Retry-After`
@@ -350,8 +398,8 @@ pub fn decode_poll(
             recommended_reconnect_backoff_ms: p.recommended_reconnect_backoff_ms,
         });
     }
-    let b: Option<ErrBody> = if body.len() <= 64 * 1024 {
-        serde_json::from_str(body).ok()
+    let mut b: Option<ErrBody> = if body.len() <= 64 * 1024 {
+        err_body(body)
     } else {
         None
     };
@@ -363,14 +411,14 @@ pub fn decode_poll(
         _ => None,
     });
     let reason = b.as_ref().and_then(|b| b.reason_code.clone());
-    let details = b.as_ref().and_then(|b| b.details.as_ref());
+    let details = b.as_mut().and_then(|b| b.details.take());
     Err(match status {
         401 => PollFailure::Unauthorized { reason },
         403 => PollFailure::Forbidden {
             code: code.unwrap_or_else(|| "forbidden".into()),
             reason,
         },
-        409 => match details.map(|d| serde_json::from_str::<EvictionDetails>(d.get())) {
+        409 => match details.map(|d| super::json::obj(d, "details").and_then(eviction_of)) {
             Some(Ok(d)) => PollFailure::Evicted(d),
             _ => PollFailure::Evicted(EvictionDetails {
                 lag: None,
@@ -379,9 +427,9 @@ pub fn decode_poll(
                 suggested_after_seq: None,
             }),
         },
-        410 => match details.map(|d| serde_json::from_str::<StaleDetails>(d.get())) {
+        410 => match details.map(|d| super::json::obj(d, "details").and_then(stale_of)) {
             Some(Ok(d)) => PollFailure::Stale(Box::new(d)),
-            Some(Err(e)) => PollFailure::Decode(ProtocolError::json("fanout 410 details", e)),
+            Some(Err(e)) => PollFailure::Decode(ProtocolError::malformed("fanout 410 details", e)),
             None => PollFailure::Decode(ProtocolError::Malformed {
                 context: "fanout 410",
                 detail: "stale_cursor without details".into(),

@@ -86,47 +86,31 @@ pub fn decode_doc_response(
 
 /// Best-effort decode of an error body; never fails (unknown shapes give empty fields).
 pub fn decode_error_body(body: &str) -> HttpErrorBody {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ErrorField {
-        Obj {
-            #[serde(default)]
-            code: Option<String>,
-            #[serde(default)]
-            message: Option<String>,
-        },
-        Code(String),
-    }
-    #[derive(Deserialize)]
-    struct Body {
-        #[serde(default)]
-        message: Option<String>,
-        #[serde(default)]
-        error: Option<ErrorField>,
-    }
-    if body.len() > 64 * 1024 {
-        return HttpErrorBody {
-            code: None,
-            message: None,
-        };
-    }
-    match serde_json::from_str::<Body>(body) {
-        Ok(b) => {
-            let (code, inner_msg) = match b.error {
-                Some(ErrorField::Obj { code, message }) => (code, message),
-                Some(ErrorField::Code(c)) => (Some(c), None),
-                None => (None, None),
-            };
-            HttpErrorBody {
-                code,
-                message: inner_msg.or(b.message),
+    use super::json::{object, opt, opt_string};
+    let parse = || -> Result<HttpErrorBody, String> {
+        let mut b = object(body)?;
+        let message = opt_string(&mut b, "message")?;
+        let (code, inner_msg) = match opt(&mut b, "error") {
+            None => (None, None),
+            Some(serde_json::Value::String(c)) => (Some(c), None),
+            Some(serde_json::Value::Object(mut e)) => {
+                (opt_string(&mut e, "code")?, opt_string(&mut e, "message")?)
             }
-        }
-        Err(_) => HttpErrorBody {
-            code: None,
-            message: None,
-        },
+            Some(_) => return Err(String::new()),
+        };
+        Ok(HttpErrorBody {
+            code,
+            message: inner_msg.or(message),
+        })
+    };
+    let empty = HttpErrorBody {
+        code: None,
+        message: None,
+    };
+    if body.len() > 64 * 1024 {
+        return empty;
     }
+    parse().unwrap_or(empty)
 }
 
 /// Percent-encodes one path segment (RFC 3986 unreserved kept; `/` becomes `%2F`).
