@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{
     Action, Backoff, Change, ConnId, Engine, FanoutTransport, Life, Millis, TopicPhase, Watermark,
 };
-use crate::engine::topic::{FollowUp, Inflight};
+use crate::engine::topic::{FollowUp, Inflight, Queued};
 use crate::error::SyncError;
 use crate::protocol::fanout::{self, FanoutFrame, PollFailure, PollPage, StaleDetails};
 use crate::protocol::{Topic, Update};
@@ -285,7 +285,7 @@ impl Engine {
         if let Some(h) = &ts.hydration {
             w = w.max(h.batch.new_watermark);
         }
-        for u in ts.queue.iter().flatten() {
+        for u in ts.queue.iter().flatten().map(|q| &q.update) {
             if u.watermark == w.next() {
                 w = u.watermark;
             } else if u.watermark > w {
@@ -435,7 +435,7 @@ impl Engine {
             ts.push_queue(ups);
             return;
         }
-        self.process_updates(i, ups);
+        self.process_updates(i, ups.into_iter().map(Queued::unchecked).collect());
     }
 
     // ----- poll answers ----------------------------------------------------------------

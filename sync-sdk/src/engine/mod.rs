@@ -40,7 +40,7 @@ use crate::store::{ApplyBatch, ApplyOutcome, DocWrite, Identity, SnapshotGen, St
 
 use conn::{Conn, ConnPhase, Pending};
 use fanout::FanTopic;
-use topic::{FollowUp, Hydration, Inflight, SnapState, TopicState};
+use topic::{FollowUp, Hydration, Inflight, Queued, SnapState, TopicState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Life {
@@ -1584,19 +1584,19 @@ impl Engine {
                 ts.push_queue(ups);
                 continue;
             }
-            self.process_updates(i, ups);
+            self.process_updates(i, ups.into_iter().map(Queued::unchecked).collect());
         }
     }
 
     /// Applies the rules to one topic's updates and emits at most one `Apply`.
-    fn process_updates(&mut self, i: usize, ups: Vec<Update>) {
+    fn process_updates(&mut self, i: usize, ups: Vec<Queued>) {
         let ts = &mut self.topics[i];
         let expected = ts.committed;
         let mut last = expected;
         let mut writes: Vec<DocWrite> = Vec::new();
         let mut hydrate: Vec<usize> = Vec::new();
         let mut follow = FollowUp::None;
-        for u in ups {
+        for Queued { update: u, hash_ok } in ups {
             if u.watermark <= last {
                 self.metrics.duplicates_skipped += 1;
                 continue;
@@ -1636,7 +1636,7 @@ impl Engine {
             } else {
                 let payload = hash::into_payload_string(u.payload);
                 let mut verified = true;
-                if !hash::matches(&payload, u.payload_hash.as_ref()) {
+                if !hash_ok.unwrap_or_else(|| hash::matches(&payload, u.payload_hash.as_ref())) {
                     self.metrics.hash_mismatches += 1;
                     if ts.hash_resyncs == 0 {
                         // Rule 3: reject, resync the topic by snapshot once.
@@ -1845,7 +1845,7 @@ impl Engine {
     /// and so commits in large groups.
     fn commit_queued(&mut self, i: usize) {
         while !self.topics[i].busy() && !self.topics[i].queue.is_empty() {
-            let mut group: Vec<Update> = Vec::new();
+            let mut group: Vec<Queued> = Vec::new();
             while let Some(next) = self.topics[i].pop_queue() {
                 group.extend(next);
                 if group.len() >= self.cfg.group_commit_max_updates {

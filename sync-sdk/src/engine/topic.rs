@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Backoff, Change, ConnId, Millis, TopicPhase, TopicStatus};
 use crate::error::SyncError;
-use crate::protocol::{Topic, Update, Watermark};
+use crate::protocol::{hash, Topic, Update, Watermark};
 use crate::store::{ApplyBatch, DocWrite, SnapshotGen};
 
 /// What to do once the current batch is committed.
@@ -84,7 +84,7 @@ pub(super) struct TopicState {
     pub resubscribe_pending: bool,
     pub inflight: Option<Inflight>,
     pub hydration: Option<Hydration>,
-    pub queue: VecDeque<Vec<Update>>,
+    pub queue: VecDeque<Vec<Queued>>,
     /// Approximate bytes held by `queue` (payloads + keys + per-update overhead).
     pub queued_bytes: usize,
     pub needs_snapshot: bool,
@@ -102,17 +102,51 @@ pub(super) struct TopicState {
     pub error: Option<SyncError>,
 }
 
+/// An update waiting for the apply rules, with its payload's hash check when that was
+/// already done.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub update: Update,
+    /// `Some(matches)` once the inline payload was checked against its hash.
+    pub hash_ok: Option<bool>,
+}
+
+impl Queued {
+    /// Not checked yet (the apply rules check it).
+    pub fn unchecked(update: Update) -> Queued {
+        Queued {
+            update,
+            hash_ok: None,
+        }
+    }
+
+    /// Checks the inline payload's hash now: queued updates are checked as they arrive,
+    /// while the store commits the previous group, so the next group is ready the moment
+    /// that commit ends instead of the store waiting for thousands of hash checks.
+    fn checked(update: Update) -> Queued {
+        let hash_ok = match &update.payload {
+            Some(p) if !update.deleted && !update.hydration_required => {
+                Some(hash::matches(p.get(), update.payload_hash.as_ref()))
+            }
+            _ => None,
+        };
+        Queued { update, hash_ok }
+    }
+}
+
 impl TopicState {
-    /// Queues updates that arrived while a commit or hydration is in flight.
+    /// Queues updates that arrived while a commit or hydration is in flight (their hashes
+    /// are checked now, see [`Queued::checked`]).
     pub fn push_queue(&mut self, ups: Vec<Update>) {
         self.queued_bytes += ups.iter().map(approx_bytes).sum::<usize>();
-        self.queue.push_back(ups);
+        self.queue
+            .push_back(ups.into_iter().map(Queued::checked).collect());
     }
 
     /// The oldest queued batch.
-    pub fn pop_queue(&mut self) -> Option<Vec<Update>> {
+    pub fn pop_queue(&mut self) -> Option<Vec<Queued>> {
         let ups = self.queue.pop_front()?;
-        let n = ups.iter().map(approx_bytes).sum::<usize>();
+        let n = ups.iter().map(|q| approx_bytes(&q.update)).sum::<usize>();
         self.queued_bytes = self.queued_bytes.saturating_sub(n);
         Some(ups)
     }

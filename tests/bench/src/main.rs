@@ -91,6 +91,21 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat`.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // Clock ticks: 100 per second on Linux (USER_HZ).
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
 fn bench_options() -> ClientOptions {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
     ClientOptions {
@@ -149,7 +164,7 @@ async fn child_client(server: String, db: PathBuf, topics: Vec<String>, until: V
     client.shutdown().await;
     println!(
         "{}",
-        serde_json::json!({"elapsed_ms": elapsed.as_secs_f64() * 1e3, "peak_rss_kib": vm_hwm_kib(),
+        serde_json::json!({"elapsed_ms": elapsed.as_secs_f64() * 1e3, "peak_rss_kib": vm_hwm_kib(), "cpu_s": cpu_secs(),
             "snapshots": m.snapshots, "updates_applied": m.updates_applied, "batches": m.batches_committed})
     );
 }
@@ -159,11 +174,26 @@ async fn child_client(server: String, db: PathBuf, topics: Vec<String>, until: V
 struct ChildResult {
     elapsed: Duration,
     peak_rss_kib: u64,
+    /// The child's CPU time (user + system) over its whole life.
+    cpu_s: f64,
+    /// This (server) process's CPU time while the child ran.
+    server_cpu_s: f64,
     snapshots: u64,
     batches: u64,
 }
 
+impl ChildResult {
+    /// "CPU: client … s, server … s" (the 2-core VM runs both; see docs/PERFORMANCE.md).
+    fn cpu_note(&self) -> String {
+        format!(
+            "CPU: client {:.2} s, server {:.2} s",
+            self.cpu_s, self.server_cpu_s
+        )
+    }
+}
+
 async fn run_child(cmd: &mut tokio::process::Command) -> ChildResult {
+    let server_cpu = cpu_secs();
     let out = cmd
         .stderr(Stdio::inherit())
         .stdout(Stdio::piped())
@@ -180,6 +210,8 @@ async fn run_child(cmd: &mut tokio::process::Command) -> ChildResult {
     ChildResult {
         elapsed: Duration::from_secs_f64(v["elapsed_ms"].as_f64().unwrap_or(0.0) / 1e3),
         peak_rss_kib: v["peak_rss_kib"].as_u64().unwrap_or(0),
+        cpu_s: v["cpu_s"].as_f64().unwrap_or(f64::NAN),
+        server_cpu_s: cpu_secs() - server_cpu,
         snapshots: v["snapshots"].as_u64().unwrap_or(0),
         batches: v["batches"].as_u64().unwrap_or(0),
     }
@@ -303,7 +335,7 @@ async fn main() {
                 .expect("raw consumer");
             println!(
                 "{}",
-                serde_json::json!({"elapsed_ms": t.as_secs_f64() * 1e3, "peak_rss_kib": vm_hwm_kib()})
+                serde_json::json!({"elapsed_ms": t.as_secs_f64() * 1e3, "peak_rss_kib": vm_hwm_kib(), "cpu_s": cpu_secs()})
             );
             return;
         }
@@ -418,7 +450,7 @@ async fn main() {
         updates,
         time: raw.elapsed,
         rss_kib: Some(raw.peak_rss_kib),
-        note: String::new(),
+        note: raw.cpu_note(),
     });
 
     // 4. khala-sync catch-up, hash verification on. `KHALA_BENCH_PROFILE=<file>` records this
@@ -465,7 +497,7 @@ async fn main() {
         updates,
         time: one.elapsed,
         rss_kib: Some(one.peak_rss_kib),
-        note: format!("{} commits, verified {n} docs", one.batches),
+        note: format!("{} commits, verified {n} docs; {}", one.batches, one.cpu_note()),
     });
     let heads: Vec<String> = FOUR.iter().map(|t| server.head(t).to_string()).collect();
     let four = run_child(
@@ -486,7 +518,7 @@ async fn main() {
         updates,
         time: four.elapsed,
         rss_kib: Some(four.peak_rss_kib),
-        note: format!("{} commits", four.batches),
+        note: format!("{} commits; {}", four.batches, four.cpu_note()),
     });
 
     // 5. The old stack.
@@ -615,8 +647,9 @@ async fn bootstrap_rows(
         time: boot.elapsed,
         rss_kib: Some(boot.peak_rss_kib),
         note: format!(
-            "{:.2}x the bulk insert",
-            bulk.as_secs_f64() / boot.elapsed.as_secs_f64()
+            "{:.2}x the bulk insert; {}",
+            bulk.as_secs_f64() / boot.elapsed.as_secs_f64(),
+            boot.cpu_note()
         ),
     });
 }
