@@ -48,7 +48,7 @@ pub struct WasmClient {
 type EventHook = (web_sys::EventTarget, &'static str, Closure<dyn FnMut()>);
 
 fn topic(name: &str) -> Result<Topic, JsValue> {
-    Topic::new(name).map_err(|_| config_error(format!("invalid topic name {name:?}")))
+    Topic::new(name).map_err(|_| config_error(format!("invalid topic name \"{name}\"")))
 }
 
 fn has_indexed_db() -> bool {
@@ -117,7 +117,7 @@ impl WasmClient {
             Some("fanout") => Dialect::Fanout,
             Some(other) => {
                 return Err(config_error(format!(
-                    "option `dialect` must be \"auto\", \"phoenix\" or \"fanout\", not {other:?}"
+                    "option `dialect` must be \"auto\", \"phoenix\" or \"fanout\", not \"{other}\""
                 )))
             }
         };
@@ -347,7 +347,7 @@ impl WasmClient {
         let t = topic(topic_name)?;
         if !self.topics.contains(&t) {
             return Err(config_error(format!(
-                "topic {topic_name:?} is not one of the client's topics"
+                "topic \"{topic_name}\" is not one of the client's topics"
             )));
         }
         let (mut tx, rx) = mpsc::channel(CHANGE_BUFFER);

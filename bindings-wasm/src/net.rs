@@ -152,7 +152,7 @@ pub(crate) async fn fetch_text(
     for (k, v) in headers {
         // The message deliberately omits the value (it may be a credential).
         h.set(k, v).map_err(|_| {
-            HttpFailure::Transport(format!("invalid request header {k:?} (value not shown)"))
+            HttpFailure::Transport(format!("invalid request header \"{k}\" (value not shown)"))
         })?;
     }
     init.set_headers(&h);

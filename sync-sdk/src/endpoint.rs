@@ -127,7 +127,7 @@ impl Endpoint {
             "https" | "wss" => (443, "https"),
             other => {
                 return Err(SyncError::Config(format!(
-                    "unsupported URL scheme {other:?} (use https)"
+                    "unsupported URL scheme \"{other}\" (use https)"
                 )))
             }
         };

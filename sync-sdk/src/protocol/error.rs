@@ -24,7 +24,7 @@ pub enum ProtocolError {
         detail: String,
     },
     /// A Phoenix frame carried an event this client does not know.
-    #[error("unknown event {event:?} on {topic:?}")]
+    #[error("unknown event \"{event}\" on \"{topic}\"")]
     UnknownEvent {
         /// Channel topic of the frame.
         topic: String,
