@@ -45,9 +45,16 @@ if [ "$PROFILE" = release ]; then
   # `--flatten --rereloop -Oz -Oz -Oz`: smaller than one `-Oz` (README, size table, steps 3 and 8).
   FLAGS=(--flatten --rereloop -Oz -Oz -Oz --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int
          --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue)
-  for f in "$OUT/web/khala_sync_wasm_bg.wasm" "$OUT/node/khala_sync_wasm_bg.wasm"; do
-    "$OPT" "${FLAGS[@]}" --strip-debug --strip-producers "$f" -o "$f.opt"
+  # Last pass: short import/export names; minify-names.mjs rewrites the glue to match
+  # (README, size table, step 15).
+  for t in web node; do
+    f="$OUT/$t/khala_sync_wasm_bg.wasm"
+    "$OPT" "${FLAGS[@]}" --strip-debug --strip-producers --minify-imports-and-exports-and-modules \
+      "$f" -o "$f.opt" > "$f.names.json"
     mv "$f.opt" "$f"
+    node "$HERE/scripts/minify-names.mjs" "$f" "$f.names.json" "$OUT/$t/khala_sync_wasm.js" \
+      "$OUT/$t/khala_sync_wasm.d.ts"
+    rm "$f.names.json"
   done
 fi
 cp "$HERE"/js/{core.js,index.js,node.mjs,index.d.ts} "$OUT/"
