@@ -113,13 +113,51 @@ pub fn decode_error_body(body: &str) -> HttpErrorBody {
     parse().unwrap_or(empty)
 }
 
-/// Percent-encodes one path segment (RFC 3986 unreserved kept; `/` becomes `%2F`).
+/// Percent-encodes one path segment (RFC 3986 unreserved kept; `/` becomes `%2F`; upper-case
+/// hex, as the `percent-encoding` crate writes it). Hand-written: that crate's 768-byte
+/// escape table and generic encoder cost more of the web package than these lines.
 pub fn encode_segment(s: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    utf8_percent_encode(s, SEGMENT).to_string()
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_segment;
+
+    #[test]
+    fn encode_segment_matches_the_percent_encoding_crate() {
+        use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+        const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~');
+        let mut inputs: Vec<String> = (0u32..=0x7f)
+            .chain([0xe9, 0x2028, 0x1f600])
+            .filter_map(char::from_u32)
+            .map(String::from)
+            .collect();
+        inputs.extend(
+            ["runtime/run_summary:019c7f93", "run:r1:events", "a b%c?d#e", "bücher", ""]
+                .map(String::from),
+        );
+        for s in inputs {
+            assert_eq!(
+                encode_segment(&s),
+                utf8_percent_encode(&s, SEGMENT).to_string(),
+                "{s:?}"
+            );
+        }
+    }
 }
