@@ -131,8 +131,7 @@ impl WasmClient {
             .iter()
             .map(|n| topic(n))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut seen = std::collections::HashSet::new();
-        if !topics.iter().all(|t| seen.insert(t.clone())) {
+        if (1..topics.len()).any(|i| topics[..i].contains(&topics[i])) {
             return Err(config_error("a topic is listed twice"));
         }
         let persist = match o.bool("persist")? {

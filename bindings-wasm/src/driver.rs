@@ -3,7 +3,6 @@
 //! handles; every decision is the engine's.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -154,16 +153,44 @@ pub(crate) struct Driver {
     pub origin_ms: f64,
 }
 
+/// The driver's per-connection values: a handful at most, so a `Vec` (less code in the
+/// web package than a hash map per value type).
+struct ConnMap<V>(Vec<(ConnId, V)>);
+
+impl<V> ConnMap<V> {
+    fn insert(&mut self, id: ConnId, v: V) {
+        self.remove(&id);
+        self.0.push((id, v));
+    }
+
+    fn remove(&mut self, id: &ConnId) -> Option<V> {
+        let i = self.0.iter().position(|(k, _)| k == id)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    fn get(&self, id: &ConnId) -> Option<&V> {
+        self.0.iter().find(|(k, _)| k == id).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, id: &ConnId) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 struct Running {
     d: Driver,
     ws_tx: mpsc::UnboundedSender<WsEvent>,
     ev_tx: mpsc::UnboundedSender<Event>,
-    conns: HashMap<ConnId, Socket>,
+    conns: ConnMap<Socket>,
     /// Sockets between `Connect` and `open`.
-    pending: HashMap<ConnId, Socket>,
+    pending: ConnMap<Socket>,
     /// Dialect `auto`: the upgrade URL (`http(s)://`) of each pending Phoenix socket, probed
     /// with a plain `GET` when the socket fails before it opens.
-    probe_urls: HashMap<ConnId, SecretUrl>,
+    probe_urls: ConnMap<SecretUrl>,
     app_paused: bool,
     offline: bool,
     frozen: bool,
@@ -178,9 +205,9 @@ impl Driver {
             d: self,
             ws_tx,
             ev_tx,
-            conns: HashMap::new(),
-            pending: HashMap::new(),
-            probe_urls: HashMap::new(),
+            conns: ConnMap(Vec::new()),
+            pending: ConnMap(Vec::new()),
+            probe_urls: ConnMap(Vec::new()),
             app_paused: false,
             offline: false,
             frozen: false,

@@ -57,7 +57,7 @@ const META: &str = "meta";
 const DB_VERSION: u32 = 2;
 
 thread_local! {
-    static DATABASES: RefCell<HashMap<u64, IdbDatabase>> = RefCell::new(HashMap::new());
+    static DATABASES: RefCell<Vec<(u64, IdbDatabase)>> = const { RefCell::new(Vec::new()) };
     static NEXT_ID: Cell<u64> = const { Cell::new(0) };
 }
 
@@ -368,7 +368,7 @@ impl IdbStore {
             n.set(n.get() + 1);
             n.get()
         });
-        DATABASES.with(|d| d.borrow_mut().insert(id, db));
+        DATABASES.with(|d| d.borrow_mut().push((id, db)));
         Ok(IdbStore {
             id,
             name: name.to_owned(),
@@ -388,14 +388,24 @@ impl IdbStore {
 
     /// Closes the connection; later calls fail with [`StoreError::Closed`].
     pub fn close(&self) {
-        if let Some(db) = DATABASES.with(|d| d.borrow_mut().remove(&self.id)) {
+        let db = DATABASES.with(|d| {
+            let mut d = d.borrow_mut();
+            let i = d.iter().position(|(id, _)| *id == self.id)?;
+            Some(d.swap_remove(i).1)
+        });
+        if let Some(db) = db {
             db.close();
         }
     }
 
     fn tx(&self, stores: &[&str], mode: IdbTransactionMode) -> Result<Tx, StoreError> {
         let db = DATABASES
-            .with(|d| d.borrow().get(&self.id).cloned())
+            .with(|d| {
+                d.borrow()
+                    .iter()
+                    .find(|(id, _)| *id == self.id)
+                    .map(|(_, db)| db.clone())
+            })
             .ok_or(StoreError::Closed)?;
         let names: Array = stores.iter().map(|s| str_key(s)).collect();
         db.transaction_with_str_sequence_and_mode(&names, mode)
