@@ -1355,6 +1355,7 @@ impl Engine {
         if !snap.storing {
             if let Some((docs, finish)) = snap.ready.pop_front() {
                 snap.storing = true;
+                snap.storing_docs = docs.len() as u64;
                 self.actions.push_back(Action::StoreSnapshotPage {
                     topic: ts.topic.clone(),
                     generation,
@@ -1486,7 +1487,6 @@ impl Engine {
                 verified,
             });
         }
-        self.metrics.snapshot_docs += docs.len() as u64;
         if let Some(snap) = self.topics[i].snapshot.as_mut() {
             let finish = snap.last_received.then_some(w);
             snap.ready.push_back((docs, finish));
@@ -1508,6 +1508,8 @@ impl Engine {
             self.snapshot_failed(i, SyncError::Store(e));
             return;
         }
+        snap.stored_docs += snap.storing_docs;
+        self.metrics.snapshot_docs += snap.storing_docs;
         if !(snap.last_received && snap.ready.is_empty()) {
             // More pages to store (or to fetch).
             self.snapshot_pump(i);

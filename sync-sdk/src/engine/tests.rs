@@ -547,10 +547,12 @@ fn first_run_bootstraps_from_snapshot_then_subscribes_from_its_watermark() {
         .iter()
         .all(|d| d.verified && d.watermark == Watermark(100)));
     assert_eq!(docs[0].payload.as_deref(), Some(r#"{"s":1}"#));
-    assert_eq!(s.topic_status(A).snapshot_docs, 2);
+    // Progress counts what the store has staged, not what was received.
+    assert_eq!(s.topic_status(A).snapshot_docs, 0);
 
     let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     assert_eq!(kinds(&acts), Vec::<String>::new());
+    assert_eq!(s.topic_status(A).snapshot_docs, 2);
     let page2 = snapshot_page(A, 100, vec![snap_doc("run:3", 9, json!([1, 2]))], None);
     let acts = s.handle(Event::SnapshotPageFetched(
         topic(A),
@@ -2093,7 +2095,8 @@ fn snapshot_fetches_up_to_two_pages_ahead_of_a_slow_store() {
     ));
     // …but not a fourth while two wait.
     assert_eq!(kinds(&acts), Vec::<String>::new());
-    assert_eq!(s.topic_status(A).snapshot_docs, 3);
+    // Three received, none staged yet: progress shows what the store has.
+    assert_eq!(s.topic_status(A).snapshot_docs, 0);
     // Each store hands over the next page, in order, and frees room to fetch.
     let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     assert_eq!(
@@ -2104,6 +2107,7 @@ fn snapshot_fetches_up_to_two_pages_ahead_of_a_slow_store() {
         ]
     );
     assert_eq!(store_pages(&acts)[0].0[0].doc_key.as_str(), "k2");
+    assert_eq!(s.topic_status(A).snapshot_docs, 1);
     let acts = s.handle(Event::SnapshotPageFetched(
         topic(A),
         s.snap_gen(A),

@@ -59,7 +59,12 @@ pub(super) struct SnapState {
     /// Cursor for the next page (`None` before the first page).
     pub cursor: Option<String>,
     pub pinned: Option<Watermark>,
+    /// Documents received (and verified) so far.
     pub docs: u64,
+    /// Documents the store has staged so far (the progress apps see).
+    pub stored_docs: u64,
+    /// Documents of the page being stored.
+    pub storing_docs: u64,
     /// The last page (no next cursor) has arrived.
     pub last_received: bool,
     /// A page fetch is in flight (one at a time: each page names the next one's cursor).
@@ -254,7 +259,7 @@ impl TopicState {
             watermark: self.committed,
             head: self.head,
             replay_progress: progress,
-            snapshot_docs: self.snapshot.as_ref().map_or(0, |s| s.docs),
+            snapshot_docs: self.snapshot.as_ref().map_or(0, |s| s.stored_docs),
             resynced_from_window: self.window_resync,
             error: self.error.clone(),
         }
