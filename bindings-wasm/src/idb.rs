@@ -246,16 +246,21 @@ impl Tx {
 
     /// Commits on success, aborts on failure (so nothing of a failed batch stays).
     async fn finish<T>(self, r: Result<T, StoreError>) -> Result<T, StoreError> {
-        match r {
-            Ok(v) => match settle(&self.0, &["oncomplete"], "onabort").await {
-                Ok(_) => Ok(v),
-                Err(_) => Err(dom_err(self.0.error())),
-            },
-            Err(e) => {
-                // Throws if a failed request already aborted it; nothing to do then.
-                let _ = self.0.abort();
-                Err(e)
-            }
+        let done = self.done(r.is_ok()).await;
+        r.and_then(|v| done.map(|()| v))
+    }
+
+    /// Waits for the commit (`ok`), or aborts. Not generic: one copy of this state machine
+    /// for every method's result type.
+    async fn done(self, ok: bool) -> Result<(), StoreError> {
+        if !ok {
+            // Throws if a failed request already aborted it; nothing to do then.
+            let _ = self.0.abort();
+            return Ok(());
+        }
+        match settle(&self.0, &["oncomplete"], "onabort").await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(dom_err(self.0.error())),
         }
     }
 }
