@@ -532,6 +532,11 @@ impl Running {
 
     /// Runs an HTTP call as a task; its result comes back as an engine event.
     fn spawn_event(&self, call: impl std::future::Future<Output = Event> + 'static) {
+        self.spawn_boxed(Box::pin(call));
+    }
+
+    /// [`Running::spawn_event`]'s task: one non-generic copy for every kind of call.
+    fn spawn_boxed(&self, call: std::pin::Pin<Box<dyn std::future::Future<Output = Event>>>) {
         let tx = self.ev_tx.clone();
         spawn_local(async move {
             let event = call.await;
