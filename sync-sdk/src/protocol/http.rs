@@ -149,8 +149,14 @@ mod tests {
             .map(String::from)
             .collect();
         inputs.extend(
-            ["runtime/run_summary:019c7f93", "run:r1:events", "a b%c?d#e", "bücher", ""]
-                .map(String::from),
+            [
+                "runtime/run_summary:019c7f93",
+                "run:r1:events",
+                "a b%c?d#e",
+                "bücher",
+                "",
+            ]
+            .map(String::from),
         );
         for s in inputs {
             assert_eq!(
