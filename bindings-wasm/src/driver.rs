@@ -434,6 +434,9 @@ impl Running {
                         let _ = s.send(&text);
                     }
                 }
+                // Browsers cannot send WebSocket pings, and the web client opens no dialect-F
+                // topic sockets (see `ConnectTopic`): nothing to ping.
+                Action::Ping(_) => {}
                 Action::Close(conn) => {
                     self.conns.remove(&conn);
                     self.pending.remove(&conn);

@@ -58,6 +58,10 @@ pub(super) struct FanTopic {
     pub truncation: Option<Watermark>,
     /// Token generation the last request used (a refusal of an older token is not counted).
     pub token_gen: u64,
+    /// Last sign of life on the open socket (opened, a frame, a pong).
+    pub last_rx: Millis,
+    /// When to ping the open socket if it stays silent until then.
+    pub ping_at: Millis,
 }
 
 impl FanTopic {
@@ -83,6 +87,8 @@ impl FanTopic {
             limit: engine_cfg.poll_limit.max(1),
             truncation: None,
             token_gen: 0,
+            last_rx: Millis(0),
+            ping_at: Millis(0),
         }
     }
 
@@ -302,6 +308,7 @@ impl Engine {
 
     pub(super) fn f_on_connected(&mut self, i: usize) {
         let current = self.fan[i].token_gen == self.token_gen;
+        self.f_alive(i);
         let f = &mut self.fan[i];
         f.open = true;
         f.ws_failures = 0;
@@ -382,7 +389,42 @@ impl Engine {
         f.reconnect_at = Some(self.now.after(d));
     }
 
+    /// A sign of life on topic `i`'s socket: the silence clock restarts.
+    pub(super) fn f_alive(&mut self, i: usize) {
+        let now = self.now;
+        let f = &mut self.fan[i];
+        f.last_rx = now;
+        f.ping_at = now.after(self.cfg.heartbeat_interval);
+    }
+
+    /// Liveness of an open topic socket (the protocol has no client messages, but the runtime
+    /// answers WebSocket pings): after `heartbeat_interval` of silence a ping, then one per
+    /// interval; after `dead_after` without any frame or pong the socket is closed and resumed
+    /// like any lost connection — a half-open TCP connection would otherwise look like a quiet
+    /// topic forever.
+    fn f_check_alive(&mut self, i: usize) {
+        let now = self.now;
+        let f = &mut self.fan[i];
+        let Some(id) = f.conn.filter(|_| f.open) else {
+            return;
+        };
+        if now.since(f.last_rx) >= self.cfg.dead_after {
+            self.actions.push_back(Action::Close(id));
+            let secs = self.cfg.dead_after.as_secs_f64();
+            self.f_on_disconnected(
+                i,
+                format!(
+                    "connection dead: fanout socket silent for {secs:.1} s (no frame, no pong)"
+                ),
+            );
+        } else if now >= f.ping_at {
+            f.ping_at = now.after(self.cfg.heartbeat_interval);
+            self.actions.push_back(Action::Ping(id));
+        }
+    }
+
     pub(super) fn f_on_frame(&mut self, i: usize, text: &str) {
+        self.f_alive(i);
         self.count_frame(text);
         let frame = match fanout::decode_frame(text, &self.cfg.decode_limits) {
             Ok(fr) => fr,
@@ -779,6 +821,7 @@ impl Engine {
                 self.fan[i].next_poll_at = None;
                 self.f_send_poll(i);
             }
+            self.f_check_alive(i);
         }
         self.f_proceed();
     }
@@ -793,6 +836,10 @@ impl Engine {
                 f.conn
                     .filter(|_| !f.open)
                     .map(|_| f.opened_at.after(self.cfg.connect_timeout)),
+                // An open socket: its next ping, and when its silence means it is dead.
+                f.conn
+                    .filter(|_| f.open)
+                    .map(|_| f.ping_at.min(f.last_rx.after(self.cfg.dead_after))),
             ]
             .into_iter()
             .flatten()

@@ -184,6 +184,12 @@ impl Engine {
                 Some(i) => self.f_on_disconnected(i, reason),
                 None => self.on_disconnected(id, reason),
             },
+            Event::Pong(id) => {
+                // Only dialect-F topic sockets are pinged.
+                if let Some(i) = self.f_conn_topic(id) {
+                    self.f_alive(i);
+                }
+            }
             Event::Polled(t, r) => self.f_on_polled(&t, r),
             Event::FrameTooLarge { conn, size, limit } => {
                 match self.f_conn_topic(conn) {

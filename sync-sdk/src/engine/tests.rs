@@ -219,6 +219,7 @@ fn kind(a: &Action) -> Option<String> {
             }
         }
         Action::Close(c) => format!("Close#{}", c.0),
+        Action::Ping(c) => format!("Ping#{}", c.0),
         Action::ConnectTopic {
             conn,
             topic,
@@ -320,6 +321,13 @@ impl Sim {
                     self.now = self.now.max(d);
                     let acts = self.handle(Event::Timer);
                     if self.answer_heartbeats {
+                        // Dialect F: a healthy server answers WebSocket pings.
+                        for a in &acts {
+                            if let Action::Ping(c) = a {
+                                let c = *c;
+                                out.extend(self.handle(Event::Pong(c)));
+                            }
+                        }
                         for s in sends(&acts) {
                             if s.event == "sync:heartbeat" {
                                 let r = self.reply(
@@ -2337,6 +2345,57 @@ fn fanout_first_sync_over_websocket_learns_head_by_probe_and_goes_live() {
     assert_eq!(sim.e.metrics().duplicates_skipped, 1);
 }
 
+/// Liveness of a topic socket (the protocol has no client messages; the runtime answers
+/// WebSocket pings): silence → a ping per heartbeat interval; a pong or a frame restarts the
+/// clock; `dead_after` of silence → the socket is closed and resumed after what was received.
+#[test]
+fn fanout_silent_socket_is_pinged_then_closed_and_resumed() {
+    let mut sim = Sim::with_cfg(fcfg(FanoutTransport::WebSocket));
+    let hb = u64::try_from(sim.e.cfg.heartbeat_interval.as_millis()).unwrap();
+    let dead = u64::try_from(sim.e.cfg.dead_after.as_millis()).unwrap();
+    assert!(
+        hb * 2 < dead,
+        "the test assumes two pings fit before dead_after"
+    );
+    let acts = sim.start_with(&[(R, 3)]);
+    let (c, _) = connect_topic(&acts).unwrap();
+    sim.handle(Event::Connected(c));
+    let acts = sim.handle(Event::Frame(c, fframe(4)));
+    commit_all(&mut sim, acts);
+    // Quiet but answering: a ping each interval, answered, and the socket stays.
+    for _ in 0..4 {
+        let acts = sim.advance(hb);
+        assert_eq!(kinds(&acts), [format!("Ping#{}", c.0)]);
+        assert_eq!(kinds(&sim.handle(Event::Pong(c))), Vec::<String>::new());
+    }
+    // A frame counts as a sign of life too: no ping until an interval after it.
+    sim.advance(hb / 2);
+    let acts = sim.handle(Event::Frame(c, fframe(5)));
+    commit_all(&mut sim, acts);
+    assert!(kinds(&sim.advance(hb - 1)).is_empty());
+    // Now silence: pings go unanswered until dead_after, then close and resume after 5.
+    let mut acts = Vec::new();
+    // Silent since the frame, `hb - 1` ms ago.
+    let mut waited = hb - 1;
+    while connect_topics(&acts).is_empty() && waited < dead * 2 {
+        acts.extend(sim.advance(100));
+        waited += 100;
+    }
+    let k = kinds(&acts);
+    let pings = k.iter().filter(|a| a.starts_with("Ping")).count();
+    assert_eq!(pings, usize::try_from((dead - 1) / hb).unwrap(), "{k:?}");
+    assert!(k.contains(&format!("Close#{}", c.0)), "{k:?}");
+    let (c2, after) = connect_topic(&acts).unwrap();
+    assert_ne!(c2, c);
+    assert_eq!(after, 5, "resumes after everything received");
+    assert!(
+        waited >= dead && waited < dead + 1_000,
+        "closed after {waited} ms of silence (dead_after {dead} ms, plus the reconnect delay)"
+    );
+    // A late pong of the dead socket changes nothing.
+    assert!(kinds(&sim.handle(Event::Pong(c))).is_empty());
+}
+
 #[test]
 fn fanout_eviction_resumes_at_once_from_the_received_position() {
     let mut sim = Sim::with_cfg(fcfg(FanoutTransport::WebSocket));
@@ -2675,6 +2734,8 @@ fn fanout_head_probe_retries_after_a_transient_failure_and_gives_up_only_without
         code: None,
     })));
     assert_ne!(sim.e.status().topics[0].phase, TopicPhase::Live);
+    // (The socket stays up meanwhile: its liveness pings are answered.)
+    sim.answer_heartbeats = true;
     let acts = sim.advance(60_000);
     assert_eq!(polls(&acts), [(5, 1)], "probed again");
     // The poll route does not exist on this server: live once the socket is open.

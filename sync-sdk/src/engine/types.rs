@@ -119,6 +119,8 @@ pub enum Event {
     Frame(ConnId, String),
     /// The connection closed or failed.
     Disconnected(ConnId, String),
+    /// A WebSocket pong arrived (the answer to [`Action::Ping`]): the connection is alive.
+    Pong(ConnId),
     /// The socket layer refused an inbound frame larger than the configured limit before
     /// buffering it; the connection is gone.
     FrameTooLarge {
@@ -195,6 +197,10 @@ pub enum Action {
     },
     /// Close a connection (no further events for it are needed).
     Close(ConnId),
+    /// Send a WebSocket ping on a dialect-F topic socket that has been silent (the runtime
+    /// answers pings with pongs; report them as [`Event::Pong`]). A driver that cannot send
+    /// pings ignores it: the socket is then declared dead after `dead_after` of silence.
+    Ping(ConnId),
     /// Apply a batch to the store; answer [`Event::Applied`].
     Apply(ApplyBatch),
     /// Start a snapshot generation; answer [`Event::SnapshotBegun`].

@@ -35,6 +35,7 @@ pub(crate) enum IoEvent {
     Frame(ConnId, String, tokio::sync::OwnedSemaphorePermit),
     Disconnected(ConnId, String),
     FrameTooLarge(ConnId, usize, usize),
+    Pong(ConnId),
 }
 
 /// Inputs from the app.
@@ -160,6 +161,7 @@ impl Driver {
             }
             IoEvent::ConnectFailed(id, f) => self.feed(Event::ConnectFailed(id, f)),
             IoEvent::Frame(id, text, _budget) => self.feed(Event::Frame(id, text)),
+            IoEvent::Pong(id) => self.feed(Event::Pong(id)),
             IoEvent::FrameTooLarge(conn, size, limit) => {
                 self.conns.remove(&conn);
                 self.feed(Event::FrameTooLarge { conn, size, limit });
@@ -237,6 +239,11 @@ impl Driver {
                 Action::Send { conn, text } => {
                     if let Some(tx) = self.conns.get(&conn) {
                         let _ = tx.send(WsCmd::Send(text));
+                    }
+                }
+                Action::Ping(conn) => {
+                    if let Some(tx) = self.conns.get(&conn) {
+                        let _ = tx.send(WsCmd::Ping);
                     }
                 }
                 Action::Close(conn) => {

@@ -20,6 +20,8 @@ use super::driver::IoEvent;
 #[derive(Debug)]
 pub(crate) enum WsCmd {
     Send(String),
+    /// A WebSocket ping (dialect-F liveness; the server answers with a pong).
+    Ping,
     Close,
 }
 
@@ -108,6 +110,11 @@ pub(crate) async fn run_connection(
                         break format!("send failed: {e}");
                     }
                 }
+                Some(WsCmd::Ping) => {
+                    if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                        break format!("send failed: {e}");
+                    }
+                }
                 Some(WsCmd::Close) | None => {
                     let _ = sink.send(Message::Close(None)).await;
                     return;
@@ -135,7 +142,12 @@ pub(crate) async fn run_connection(
                 Some(Ok(Message::Close(frame))) => {
                     break frame.map_or_else(|| "closed by server".to_owned(), |f| format!("closed by server: {} {}", f.code, f.reason));
                 }
-                Some(Ok(_)) => {} // ping/pong handled by tungstenite
+                Some(Ok(Message::Pong(_))) => {
+                    if events.send(IoEvent::Pong(conn)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {} // pings are answered by tungstenite
                 Some(Err(tungstenite::Error::Capacity(
                     tungstenite::error::CapacityError::MessageTooLong { size, max_size },
                 ))) => {

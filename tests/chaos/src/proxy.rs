@@ -4,8 +4,10 @@
 //! a failing run replays with the same seed: refuse (close at once), drop after N downstream
 //! bytes (usually mid-frame), stall for a while at a random point, or throttle the downstream
 //! bandwidth. `set_down(true)` refuses every new connection (an outage window) and
-//! `drop_all()` cuts every open connection now. The proxy works below HTTP and WebSocket, so
-//! it hits token/snapshot/doc requests as well as the socket.
+//! `drop_all()` cuts every open connection now; `freeze_websockets()` turns every open
+//! WebSocket connection into a black hole (bytes are swallowed both ways, the sockets stay
+//! open: a dead network path neither end is told about). The proxy works below HTTP and
+//! WebSocket, so it hits token/snapshot/doc requests as well as the socket.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,6 +101,8 @@ pub struct FaultProxy {
     down: Arc<AtomicBool>,
     clean: Arc<AtomicBool>,
     cut_tx: watch::Sender<u64>,
+    /// Bumped by `freeze_websockets`: WebSocket connections accepted before are black holes.
+    freeze: Arc<AtomicU64>,
     accept_task: JoinHandle<()>,
 }
 
@@ -159,13 +163,17 @@ impl FaultProxy {
         let down = Arc::new(AtomicBool::new(false));
         let clean = Arc::new(AtomicBool::new(false));
         let (cut_tx, cut_rx) = watch::channel(0u64);
+        let freeze = Arc::new(AtomicU64::new(0));
         let accept_task = tokio::spawn(accept_loop(
             listener,
             upstream,
             cfg,
             counters.clone(),
-            down.clone(),
-            clean.clone(),
+            Switches {
+                down: down.clone(),
+                clean: clean.clone(),
+                freeze: freeze.clone(),
+            },
             cut_rx,
         ));
         Ok(FaultProxy {
@@ -174,6 +182,7 @@ impl FaultProxy {
             down,
             clean,
             cut_tx,
+            freeze,
             accept_task,
         })
     }
@@ -198,6 +207,13 @@ impl FaultProxy {
         self.cut_tx.send_modify(|g| *g += 1);
     }
 
+    /// Every WebSocket connection open now goes silent for good: from here on, bytes are
+    /// swallowed in both directions and neither side sees a close or a reset. Later
+    /// connections (and plain HTTP ones) are unaffected.
+    pub fn freeze_websockets(&self) {
+        self.freeze.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Faults injected so far.
     pub fn stats(&self) -> ProxyStats {
         let c = &self.counters;
@@ -214,15 +230,26 @@ impl FaultProxy {
     }
 }
 
+/// The proxy-wide switches a test flips while it runs.
+struct Switches {
+    down: Arc<AtomicBool>,
+    clean: Arc<AtomicBool>,
+    freeze: Arc<AtomicU64>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
     cfg: ProxyConfig,
     counters: Arc<ProxyCounters>,
-    down: Arc<AtomicBool>,
-    clean: Arc<AtomicBool>,
+    switches: Switches,
     cut_rx: watch::Receiver<u64>,
 ) {
+    let Switches {
+        down,
+        clean,
+        freeze,
+    } = switches;
     let mut index = 0u64;
     loop {
         let Ok((client, _)) = listener.accept().await else {
@@ -252,6 +279,7 @@ async fn accept_loop(
             plan,
             counters.clone(),
             cut_rx.clone(),
+            freeze.clone(),
         ));
     }
 }
@@ -262,17 +290,41 @@ async fn serve(
     plan: Plan,
     counters: Arc<ProxyCounters>,
     mut cut_rx: watch::Receiver<u64>,
+    freeze: Arc<AtomicU64>,
 ) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
+    let freeze_at_start = freeze.load(Ordering::SeqCst);
+    // Set from the client's first bytes (its HTTP request): a WebSocket upgrade?
+    let websocket = AtomicBool::new(false);
+    let frozen =
+        || websocket.load(Ordering::SeqCst) && freeze.load(Ordering::SeqCst) > freeze_at_start;
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut c_read, mut c_write) = client.into_split();
     let (mut s_read, mut s_write) = server.into_split();
     let generation = *cut_rx.borrow_and_update();
     let up = async {
-        let _ = tokio::io::copy(&mut c_read, &mut s_write).await;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut first = true;
+        loop {
+            let n = match c_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if first {
+                first = false;
+                let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                websocket.store(head.contains("upgrade: websocket"), Ordering::SeqCst);
+            }
+            if frozen() {
+                continue;
+            }
+            if s_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = s_write.shutdown().await;
     };
     let down = async {
@@ -287,6 +339,9 @@ async fn serve(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if frozen() {
+                continue;
+            }
             let mut chunk = &buf[..n];
             match plan {
                 Plan::Drop { after } if sent + n as u64 >= after => {
