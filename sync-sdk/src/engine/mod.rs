@@ -1002,7 +1002,7 @@ impl Engine {
             other => {
                 self.last_error = Some(SyncError::Server {
                     code: other.code().to_owned(),
-                    message: format!("join refused: {other:?}"),
+                    message: format!("join refused: {other}"),
                 });
                 self.lose_connection(id, None);
             }
@@ -1066,7 +1066,7 @@ impl Engine {
             other => {
                 self.last_error = Some(SyncError::Server {
                     code: other.code().to_owned(),
-                    message: format!("{other:?}"),
+                    message: other.to_string(),
                 });
             }
         }
@@ -1240,7 +1240,7 @@ impl Engine {
             other => {
                 self.last_error = Some(SyncError::Server {
                     code: other.code().to_owned(),
-                    message: format!("subscribe refused: {other:?}"),
+                    message: format!("subscribe refused: {other}"),
                 });
                 self.lose_connection(id, None);
             }

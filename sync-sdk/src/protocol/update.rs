@@ -195,6 +195,40 @@ pub enum ServerError {
     },
 }
 
+/// `code: message`, plus the topics a `forbidden_topic`/`stale_cursor` error names and a
+/// `reauth_required` reason — the text the engine puts into `SyncError::Server` messages.
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (message, topics, extra): (&str, Vec<Topic>, Option<&str>) = match self {
+            ServerError::StaleCursor(s) => (&s.message, s.topics(), None),
+            ServerError::SlowConsumer(s) => (&s.message, s.topic.iter().cloned().collect(), None),
+            ServerError::ReauthRequired { message, reason } => {
+                (message, Vec::new(), reason.as_deref())
+            }
+            ServerError::ForbiddenTopic { message, topics } => (message, topics.clone(), None),
+            ServerError::UpgradeRequired(u) => (&u.message, Vec::new(), None),
+            ServerError::BadSubscription { message }
+            | ServerError::BadTopic { message }
+            | ServerError::Other { message, .. } => (message, Vec::new(), None),
+        };
+        f.write_str(self.code())?;
+        if !message.is_empty() {
+            write!(f, ": {message}")?;
+        }
+        if let Some(r) = extra {
+            write!(f, " ({r})")?;
+        }
+        for (i, t) in topics.iter().enumerate() {
+            f.write_str(if i == 0 { " [topics: " } else { ", " })?;
+            f.write_str(t.as_str())?;
+            if i + 1 == topics.len() {
+                f.write_str("]")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Compat codes that all mean "upgrade required" (§2.1).
 pub const UPGRADE_CODES: &[&str] = &[
     "upgrade_required",
@@ -205,51 +239,12 @@ pub const UPGRADE_CODES: &[&str] = &[
 ];
 
 impl ServerError {
-    /// Decodes an error object `{ "code": …, … }`.
+    /// Decodes an error object `{ "code": …, … }`: one parse into a `serde_json::Value`
+    /// and a walk over it (`protocol::json`), not a derived visitor per error shape.
     pub fn from_json(text: &str) -> Result<ServerError, super::ProtocolError> {
-        #[derive(Deserialize)]
-        struct Head {
-            code: String,
-            #[serde(default)]
-            message: String,
-            #[serde(default)]
-            reason: Option<String>,
-            #[serde(default)]
-            forbidden_topics: Vec<Topic>,
-        }
-        let ctx = "sync:error";
-        let head: Head =
-            serde_json::from_str(text).map_err(|e| super::ProtocolError::json(ctx, e))?;
-        let code = head.code.as_str();
-        Ok(match code {
-            "stale_cursor" => ServerError::StaleCursor(
-                serde_json::from_str(text).map_err(|e| super::ProtocolError::json(ctx, e))?,
-            ),
-            "slow_consumer" => ServerError::SlowConsumer(
-                serde_json::from_str(text).map_err(|e| super::ProtocolError::json(ctx, e))?,
-            ),
-            "reauth_required" => ServerError::ReauthRequired {
-                message: head.message,
-                reason: head.reason,
-            },
-            "forbidden_topic" => ServerError::ForbiddenTopic {
-                message: head.message,
-                topics: head.forbidden_topics,
-            },
-            "bad_subscription" => ServerError::BadSubscription {
-                message: head.message,
-            },
-            "bad_topic" => ServerError::BadTopic {
-                message: head.message,
-            },
-            c if UPGRADE_CODES.contains(&c) => ServerError::UpgradeRequired(
-                serde_json::from_str(text).map_err(|e| super::ProtocolError::json(ctx, e))?,
-            ),
-            _ => ServerError::Other {
-                code: head.code,
-                message: head.message,
-            },
-        })
+        let mut o = super::json::object(text)
+            .map_err(|e| super::ProtocolError::malformed("sync:error", e))?;
+        error_of(&mut o).map_err(|e| super::ProtocolError::malformed("sync:error", e))
     }
 
     /// The wire code.
@@ -265,4 +260,73 @@ impl ServerError {
             ServerError::Other { code, .. } => code,
         }
     }
+}
+
+fn topic_of(v: serde_json::Value, key: &str) -> Result<Topic, String> {
+    Topic::new(super::json::string(v, key)?).map_err(|_| format!("invalid topic name in `{key}`"))
+}
+
+/// A `Vec` field with `#[serde(default)]`: absent is empty, `null` is wrong-typed.
+fn list<T>(
+    o: &mut super::json::Obj,
+    key: &str,
+    f: impl Fn(serde_json::Value, &str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    match o.remove(key) {
+        None => Ok(Vec::new()),
+        Some(v) => super::json::array(v, key)?
+            .into_iter()
+            .map(|x| f(x, key))
+            .collect(),
+    }
+}
+
+fn error_of(o: &mut super::json::Obj) -> Result<ServerError, String> {
+    use super::json::{obj, opt, opt_string, opt_uint, string, take};
+    let code = string(take(o, "code")?, "code")?;
+    let message = opt_string(o, "message")?.unwrap_or_default();
+    let reason = opt_string(o, "reason")?;
+    let forbidden_topics = list(o, "forbidden_topics", topic_of)?;
+    let opt_topic =
+        |o: &mut super::json::Obj| opt(o, "topic").map(|v| topic_of(v, "topic")).transpose();
+    Ok(match code.as_str() {
+        "stale_cursor" => ServerError::StaleCursor(StaleCursor {
+            message,
+            reason_codes: list(o, "reason_codes", string)?,
+            stale_topics: list(o, "stale_topics", |v, key| {
+                let mut t = obj(v, key)?;
+                Ok(StaleTopic {
+                    topic: topic_of(take(&mut t, "topic")?, "topic")?,
+                    reason: opt_string(&mut t, "reason")?,
+                    qos_tier: opt_string(&mut t, "qos_tier")?,
+                    resume_after: opt_uint(&mut t, "resume_after")?,
+                    retention_floor: opt_uint(&mut t, "retention_floor")?,
+                    head_watermark: opt_uint(&mut t, "head_watermark")?,
+                    replay_lag: opt_uint(&mut t, "replay_lag")?,
+                    replay_budget_events: opt_uint(&mut t, "replay_budget_events")?,
+                })
+            })?,
+            topic: opt_topic(o)?,
+        }),
+        "slow_consumer" => ServerError::SlowConsumer(SlowConsumer {
+            message,
+            action: opt_string(o, "action")?.unwrap_or_default(),
+            topic: opt_topic(o)?,
+            reconnect_after_ms: opt_uint(o, "reconnect_after_ms")?,
+        }),
+        "reauth_required" => ServerError::ReauthRequired { message, reason },
+        "forbidden_topic" => ServerError::ForbiddenTopic {
+            message,
+            topics: forbidden_topics,
+        },
+        "bad_subscription" => ServerError::BadSubscription { message },
+        "bad_topic" => ServerError::BadTopic { message },
+        c if UPGRADE_CODES.contains(&c) => ServerError::UpgradeRequired(UpgradeRequired {
+            min_client_build_id: opt_string(o, "min_client_build_id")?,
+            max_client_build_id: opt_string(o, "max_client_build_id")?,
+            code,
+            message,
+        }),
+        _ => ServerError::Other { code, message },
+    })
 }
