@@ -22,12 +22,13 @@ if [ "$PROFILE" = release ]; then
   # component of the pinned stable toolchain; RUSTC_BOOTSTRAP=1 unlocks the -Z flags on
   # stable): `optimize_for_size` std algorithms, `panic=immediate-abort` (a panic traps at
   # once, as `panic=abort` already did on wasm32, without formatting a message) and no
-  # caller-location strings. See README "Bundle size" for what each saves.
+  # caller-location strings, `{:?}` printing nothing (no user-visible message formats with
+  # `Debug`: README step 14). See README "Bundle size" for what each saves.
   if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
     echo "build.sh: the rust-src component is missing (rustup component add rust-src)" >&2
     exit 1
   fi
-  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none" \
+  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none -Zfmt-debug=none" \
     cargo build -p khala-sync-wasm --target wasm32-unknown-unknown --profile wasm-release --quiet \
     -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
   WASM=target/wasm32-unknown-unknown/wasm-release/khala_sync_wasm.wasm
