@@ -79,6 +79,20 @@ fn token_source(o: &Opts<'_>) -> Result<TokenSource, JsValue> {
     }
 }
 
+/// A JS promise of `f` (one boxed, non-generic task for every async method: smaller than
+/// wasm-bindgen's `async fn` export, which instantiates the promise machinery per method).
+fn promise(
+    f: impl std::future::Future<Output = Result<JsValue, JsValue>> + 'static,
+) -> js_sys::Promise {
+    boxed_promise(Box::pin(f))
+}
+
+fn boxed_promise(
+    f: std::pin::Pin<Box<dyn std::future::Future<Output = Result<JsValue, JsValue>>>>,
+) -> js_sys::Promise {
+    wasm_bindgen_futures::future_to_promise(f)
+}
+
 fn ms(v: Option<u64>, default: Duration) -> Duration {
     v.map_or(default, Duration::from_millis)
 }
@@ -86,8 +100,16 @@ fn ms(v: Option<u64>, default: Duration) -> Duration {
 #[wasm_bindgen]
 impl WasmClient {
     /// Validates `options`, opens the store (IndexedDB when `persist` is true, the default
-    /// where IndexedDB exists; memory otherwise). Does not touch the network.
-    pub async fn open(options: JsValue) -> Result<WasmClient, JsValue> {
+    /// where IndexedDB exists; memory otherwise). Does not touch the network. Resolves to a
+    /// `WasmClient`.
+    pub fn open(options: JsValue) -> js_sys::Promise {
+        promise(async move { WasmClient::open_client(options).await.map(JsValue::from) })
+    }
+}
+
+impl WasmClient {
+    /// [`WasmClient::open`] for Rust callers (the tests): the client itself, not a promise.
+    pub async fn open_client(options: JsValue) -> Result<WasmClient, JsValue> {
         if !options.is_object() {
             return Err(config_error("KhalaSync.open needs an options object"));
         }
@@ -233,7 +255,10 @@ impl WasmClient {
             listeners: RefCell::new(Vec::new()),
         })
     }
+}
 
+#[wasm_bindgen]
+impl WasmClient {
     /// Starts syncing in the background. Calling it twice is a no-op; with `enabled: false`
     /// it does nothing.
     pub fn start(&self) -> Result<(), JsValue> {
@@ -361,27 +386,31 @@ impl WasmClient {
         })
     }
 
-    /// One stored document or `null`.
-    pub async fn get(&self, topic_name: String, key: String) -> Result<JsValue, JsValue> {
-        let t = topic(&topic_name)?;
-        let k = DocKey::new(key).map_err(|_| config_error("invalid document key"))?;
+    /// One stored document or `null` (a promise).
+    pub fn get(&self, topic_name: String, key: String) -> js_sys::Promise {
         let store = Rc::clone(&self.store);
-        let d = store
-            .get(t, k)
-            .await
-            .map_err(|e| convert::error(&SyncError::Store(e)))?;
-        Ok(convert::doc(d.as_ref()))
+        promise(async move {
+            let t = topic(&topic_name)?;
+            let k = DocKey::new(key).map_err(|_| config_error("invalid document key"))?;
+            let d = store
+                .get(t, k)
+                .await
+                .map_err(|e| convert::error(&SyncError::Store(e)))?;
+            Ok(convert::doc(d.as_ref()))
+        })
     }
 
-    /// Every stored document of `topic`, sorted by key.
-    pub async fn list(&self, topic_name: String) -> Result<JsValue, JsValue> {
-        let t = topic(&topic_name)?;
+    /// Every stored document of `topic`, sorted by key (a promise).
+    pub fn list(&self, topic_name: String) -> js_sys::Promise {
         let store = Rc::clone(&self.store);
-        let d = store
-            .list(t)
-            .await
-            .map_err(|e| convert::error(&SyncError::Store(e)))?;
-        Ok(convert::docs(&d))
+        promise(async move {
+            let t = topic(&topic_name)?;
+            let d = store
+                .list(t)
+                .await
+                .map_err(|e| convert::error(&SyncError::Store(e)))?;
+            Ok(convert::docs(&d))
+        })
     }
 
     /// Engine counters (`snapshots`, `updatesApplied`, `reconnects`, …).
@@ -445,7 +474,7 @@ impl ChangeSubscription {
     /// The next change, or `undefined` once the client is closed or `close()` was called.
     pub fn next(&self) -> js_sys::Promise {
         let rx = Rc::clone(&self.rx);
-        wasm_bindgen_futures::future_to_promise(async move {
+        promise(async move {
             let mut guard = rx.lock().await;
             let Some(r) = guard.as_mut() else {
                 return Ok(JsValue::UNDEFINED);

@@ -39,7 +39,7 @@ fn options(base: &str, topics: &[&str]) -> Object {
 }
 
 async fn open_err(o: &Object) -> JsValue {
-    match WasmClient::open(o.into()).await {
+    match WasmClient::open_client(o.into()).await {
         Ok(_) => panic!("open succeeded"),
         Err(e) => e,
     }
@@ -98,7 +98,7 @@ async fn bad_options_are_invalid_config_errors() {
     }
     // Not even an object.
     assert_code(
-        &WasmClient::open(JsValue::from_f64(3.0))
+        &WasmClient::open_client(JsValue::from_f64(3.0))
             .await
             .err()
             .unwrap(),
@@ -108,14 +108,17 @@ async fn bad_options_are_invalid_config_errors() {
 
 #[wasm_bindgen_test]
 async fn node_defaults_to_the_memory_store_and_reads_work_before_start() {
-    let c = WasmClient::open(options("http://127.0.0.1:9", &[TOPIC]).into())
+    let c = WasmClient::open_client(options("http://127.0.0.1:9", &[TOPIC]).into())
         .await
         .unwrap();
     assert!(!c.persistent());
     assert_eq!(c.topics(), vec![TOPIC.to_owned()]);
-    let list = c.list(TOPIC.into()).await.unwrap();
+    let list = JsFuture::from(c.list(TOPIC.into())).await.unwrap();
     assert_eq!(Array::from(&list).length(), 0);
-    assert!(c.get(TOPIC.into(), "k".into()).await.unwrap().is_null());
+    assert!(JsFuture::from(c.get(TOPIC.into(), "k".into()))
+        .await
+        .unwrap()
+        .is_null());
     let status = c.status();
     assert_eq!(get(&status, "state").as_string().as_deref(), Some("idle"));
     assert_eq!(get(&status, "live").as_bool(), Some(false));
@@ -125,7 +128,10 @@ async fn node_defaults_to_the_memory_store_and_reads_work_before_start() {
         "invalid_config",
     );
     assert_code(
-        &c.get(String::new(), "k".into()).await.err().unwrap(),
+        &JsFuture::from(c.get(String::new(), "k".into()))
+            .await
+            .err()
+            .unwrap(),
         "invalid_config",
     );
     c.close().await.unwrap();
@@ -165,7 +171,7 @@ async fn post_json(url: &str, body: &str) -> JsValue {
 #[wasm_bindgen_test]
 async fn syncs_with_the_dev_server_in_node() {
     let base = server_url();
-    let c = WasmClient::open(options(&base, &[TOPIC]).into())
+    let c = WasmClient::open_client(options(&base, &[TOPIC]).into())
         .await
         .unwrap();
     let statuses = Array::new();
@@ -212,7 +218,9 @@ async fn syncs_with_the_dev_server_in_node() {
     };
     assert_eq!(get(&change, "type").as_string().as_deref(), Some("upsert"));
     assert_eq!(get(&get(&change, "value"), "n").as_f64(), Some(1.0));
-    let doc = c.get(TOPIC.into(), key.clone()).await.unwrap();
+    let doc = JsFuture::from(c.get(TOPIC.into(), key.clone()))
+        .await
+        .unwrap();
     assert_eq!(get(&doc, "version").as_f64(), Some(1.0));
     let m = c.metrics();
     assert_eq!(get(&m, "snapshots").as_f64(), Some(1.0));
@@ -319,7 +327,7 @@ async fn dialect_and_token_source_options_are_validated() {
     );
     ok.push(("tokenProvider", o));
     for (name, o) in ok {
-        let c = WasmClient::open(o.into())
+        let c = WasmClient::open_client(o.into())
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(c.topics(), vec![run.to_owned()], "{name}");
@@ -368,7 +376,7 @@ async fn fanout_polls_with_a_token_provider_in_node() {
     .call1(&JsValue::UNDEFINED, &base.as_str().into())
     .unwrap();
     set(&o, "tokenProvider", provider);
-    let c = WasmClient::open(o.into()).await.unwrap();
+    let c = WasmClient::open_client(o.into()).await.unwrap();
     let sub = c.subscribe_changes(&topic).unwrap();
     c.start().unwrap();
     for want in 1..=5u32 {
@@ -395,12 +403,12 @@ async fn fanout_polls_with_a_token_provider_in_node() {
         Some("poll")
     );
     assert!(calls.length() >= 1, "the provider was called");
-    let list = Array::from(&c.list(topic.clone()).await.unwrap());
+    let list = Array::from(&JsFuture::from(c.list(topic.clone())).await.unwrap());
     assert_eq!(list.length(), 6);
     // Caught up: stays quiet apart from its periodic polls, no duplicates.
     sleep_ms(700.0).await;
     assert_eq!(
-        Array::from(&c.list(topic.clone()).await.unwrap()).length(),
+        Array::from(&JsFuture::from(c.list(topic.clone())).await.unwrap()).length(),
         6
     );
     let m = c.metrics();
@@ -424,7 +432,7 @@ async fn failing_token_providers_are_auth_failures() {
         let o = options_without_credentials("http://127.0.0.1:9", &["run:r1:events"]);
         set(&o, "dialect", "fanout");
         set(&o, "tokenProvider", Function::new_no_args(body));
-        let c = WasmClient::open(o.into()).await.unwrap();
+        let c = WasmClient::open_client(o.into()).await.unwrap();
         c.start().unwrap();
         let mut state = String::new();
         for _ in 0..200 {
