@@ -439,25 +439,32 @@ impl WasmClient {
 
     /// Stops syncing (the batch being committed finishes first), ends every change iterator
     /// and closes the database. Idempotent.
-    pub async fn close(&self) -> Result<(), JsValue> {
+    pub fn close(&self) -> js_sys::Promise {
         if self.closed.replace(true) {
-            return Ok(());
+            return promise(async { Ok(JsValue::UNDEFINED) });
         }
         for (t, name, c) in self.listeners.borrow_mut().drain(..) {
             let _ = t.remove_event_listener_with_callback(name, c.as_ref().unchecked_ref());
         }
+        let mut shutdown = None;
         if self.started.get() && self.driver.borrow().is_none() {
             let (tx, rx) = oneshot::channel();
             if self.cmd_tx.unbounded_send(Command::Shutdown(tx)).is_ok() {
-                let _ = rx.await;
+                shutdown = Some(rx);
             }
         }
-        self.shared.close_subscribers();
-        self.shared.status_listeners.borrow_mut().clear();
-        if let Some(idb) = &self.idb {
-            idb.close();
-        }
-        Ok(())
+        let (shared, idb) = (Rc::clone(&self.shared), self.idb.clone());
+        promise(async move {
+            if let Some(rx) = shutdown {
+                let _ = rx.await;
+            }
+            shared.close_subscribers();
+            shared.status_listeners.borrow_mut().clear();
+            if let Some(idb) = idb {
+                idb.close();
+            }
+            Ok(JsValue::UNDEFINED)
+        })
     }
 }
 

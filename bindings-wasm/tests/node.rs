@@ -134,7 +134,7 @@ async fn node_defaults_to_the_memory_store_and_reads_work_before_start() {
             .unwrap(),
         "invalid_config",
     );
-    c.close().await.unwrap();
+    JsFuture::from(c.close()).await.unwrap();
     assert_code(&c.start().err().unwrap(), "shutdown");
 }
 
@@ -226,7 +226,7 @@ async fn syncs_with_the_dev_server_in_node() {
     assert_eq!(get(&m, "snapshots").as_f64(), Some(1.0));
     assert!(get(&m, "updatesApplied").as_f64().unwrap() >= 1.0);
     c.off_status(id);
-    c.close().await.unwrap();
+    JsFuture::from(c.close()).await.unwrap();
     // Closing ends the iterator.
     assert!(JsFuture::from(sub.next()).await.unwrap().is_undefined());
     let seen: Vec<String> = statuses.iter().filter_map(|s| s.as_string()).collect();
@@ -331,7 +331,7 @@ async fn dialect_and_token_source_options_are_validated() {
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(c.topics(), vec![run.to_owned()], "{name}");
-        c.close().await.unwrap();
+        JsFuture::from(c.close()).await.unwrap();
     }
 }
 
@@ -413,7 +413,7 @@ async fn fanout_polls_with_a_token_provider_in_node() {
     );
     let m = c.metrics();
     assert_eq!(get(&m, "updatesApplied").as_f64(), Some(6.0));
-    c.close().await.unwrap();
+    JsFuture::from(c.close()).await.unwrap();
 }
 
 /// A `tokenProvider` that rejects, or returns something that is not a token, fails the token
@@ -452,6 +452,6 @@ async fn failing_token_providers_are_auth_failures() {
         let msg = get(&err, "message").as_string().unwrap();
         assert!(msg.contains("tokenProvider"), "{body}: {msg}");
         assert!(!msg.contains("eyJsecret"), "{body}: {msg}");
-        c.close().await.unwrap();
+        JsFuture::from(c.close()).await.unwrap();
     }
 }
