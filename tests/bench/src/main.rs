@@ -374,7 +374,15 @@ async fn main() {
     );
 
     if cli.only_bootstrap {
-        bootstrap_rows(&server, &base, dir.path(), snapshot_docs, &mut rows, &mut failures).await;
+        bootstrap_rows(
+            &server,
+            &base,
+            dir.path(),
+            snapshot_docs,
+            &mut rows,
+            &mut failures,
+        )
+        .await;
         for r in &rows {
             println!(
                 "| {} | {} | {:.3} s | {:.0}/s | {} |",
@@ -497,7 +505,11 @@ async fn main() {
         updates,
         time: one.elapsed,
         rss_kib: Some(one.peak_rss_kib),
-        note: format!("{} commits, verified {n} docs; {}", one.batches, one.cpu_note()),
+        note: format!(
+            "{} commits, verified {n} docs; {}",
+            one.batches,
+            one.cpu_note()
+        ),
     });
     let heads: Vec<String> = FOUR.iter().map(|t| server.head(t).to_string()).collect();
     let four = run_child(
@@ -536,7 +548,15 @@ async fn main() {
     }
 
     // 6. Snapshot bootstrap vs raw bulk insert of the same rows.
-    bootstrap_rows(&server, &base, dir.path(), snapshot_docs, &mut rows, &mut failures).await;
+    bootstrap_rows(
+        &server,
+        &base,
+        dir.path(),
+        snapshot_docs,
+        &mut rows,
+        &mut failures,
+    )
+    .await;
 
     // 7. Live latency and reconnect-and-resume.
     let (lat, reconnect) =
@@ -624,14 +644,14 @@ async fn bootstrap_rows(
             .arg(server.head(SNAP).to_string()),
     )
     .await;
-    let (n, bad) = verify(&db, &server, SNAP).await;
+    let (n, bad) = verify(&db, server, SNAP).await;
     if bad > 0 || boot.snapshots != 1 {
         failures.push(format!(
             "bootstrap: {bad} of {n} docs differ, {} snapshots",
             boot.snapshots
         ));
     }
-    let bulk = raw_bulk_insert(&server, dir.join("bulk.db"));
+    let bulk = raw_bulk_insert(server, dir.join("bulk.db"));
     rows.push(Row {
         name: format!("raw bulk insert of the {snapshot_docs} snapshot rows (1 tx)"),
         updates: snapshot_docs,
