@@ -39,7 +39,7 @@ pub struct EngineConfig {
     pub topics: Vec<Topic>,
     /// `replay_batch_size` sent with subscribe (server clamps to 1..=1000). Default 200.
     pub replay_batch_size: u32,
-    /// Snapshot page size (server clamps to 5000). Default 1000.
+    /// Snapshot page size (server clamps to 5000). Default 2000.
     pub snapshot_page_limit: u32,
     /// First backoff window. Default 250 ms.
     pub backoff_base: Duration,
@@ -93,7 +93,7 @@ impl EngineConfig {
             server: server.into(),
             topics,
             replay_batch_size: 200,
-            snapshot_page_limit: 1000,
+            snapshot_page_limit: 2000,
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
             stable_after: Duration::from_secs(10),

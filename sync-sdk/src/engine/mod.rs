@@ -1338,11 +1338,14 @@ impl Engine {
             return;
         };
         snap.fetching = true;
+        if snap.limit == 0 {
+            snap.limit = self.cfg.snapshot_page_limit.max(1);
+        }
         self.actions.push_back(Action::FetchSnapshotPage {
             topic: ts.topic.clone(),
             generation,
             cursor: snap.cursor.clone(),
-            limit: self.cfg.snapshot_page_limit,
+            limit: snap.limit,
             token,
         });
     }
@@ -1401,6 +1404,21 @@ impl Engine {
         }
         let page = match r {
             Ok(p) => p,
+            Err(HttpFailure::Decode(crate::protocol::ProtocolError::TooLarge { .. }))
+                if self.topics[i]
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.limit > 1) =>
+            {
+                // A page over the body limit (large documents): ask for the same page again
+                // with half as many documents, at once — the cursor pins the snapshot.
+                if let Some(snap) = self.topics[i].snapshot.as_mut() {
+                    snap.limit /= 2;
+                }
+                self.metrics.decode_errors += 1;
+                self.fetch_snapshot_page(i);
+                return;
+            }
             Err(f) => {
                 match f.status() {
                     Some(404) => {

@@ -523,7 +523,7 @@ fn first_run_bootstraps_from_snapshot_then_subscribes_from_its_watermark() {
     assert_eq!(kinds(&acts), ["FetchSnapshotPage A cursor=-"]);
     match &acts[0] {
         Action::FetchSnapshotPage { limit, token, .. } => {
-            assert_eq!(*limit, 1000);
+            assert_eq!(*limit, 2000);
             assert_eq!(token.expose(), "header.claims.sig");
         }
         other => panic!("{other:?}"),
@@ -2132,6 +2132,52 @@ fn snapshot_fetches_up_to_two_pages_ahead_of_a_slow_store() {
     let acts = s.handle(Event::SnapshotPageStored(topic(A), s.snap_gen(A), Ok(())));
     assert_eq!(kinds(&acts), ["Changes(1)", "subscribe#1[A@70]"]);
     assert_eq!(s.wm(A), 70);
+}
+
+/// A snapshot page over the body limit (large documents) is asked for again with half as many
+/// documents, at once and from the same cursor, down to one document per page.
+#[test]
+fn snapshot_page_too_large_is_fetched_again_with_half_the_limit() {
+    let mut s = Sim::new(&[A]);
+    s.start_with(&[]);
+    s.join(C1);
+    s.handle(Event::SnapshotBegun(topic(A), Ok(SnapshotGen(1))));
+    let p1 = snapshot_page(A, 30, vec![snap_doc("k1", 1, json!(1))], Some("c1"));
+    s.handle(Event::SnapshotPageFetched(topic(A), SnapshotGen(1), Ok(p1)));
+    let too_large = || {
+        Err(HttpFailure::Decode(
+            crate::protocol::ProtocolError::TooLarge {
+                context: "snapshot page",
+                size: 20 << 20,
+                limit: 16 << 20,
+            },
+        ))
+    };
+    let limit_of = |acts: &[Action]| {
+        acts.iter().find_map(|a| match a {
+            Action::FetchSnapshotPage { limit, cursor, .. } => Some((*limit, cursor.clone())),
+            _ => None,
+        })
+    };
+    let mut limits = Vec::new();
+    for _ in 0..20 {
+        let acts = s.handle(Event::SnapshotPageFetched(
+            topic(A),
+            SnapshotGen(1),
+            too_large(),
+        ));
+        match limit_of(&acts) {
+            Some((l, cursor)) => {
+                assert_eq!(cursor.as_deref(), Some("c1"), "the same page again");
+                limits.push(l);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(limits, [1000, 500, 250, 125, 62, 31, 15, 7, 3, 1]);
+    // At one document per page there is nothing left to halve: a failure with backoff.
+    assert!(s.topic_status(A).error.is_some());
+    assert!(s.e.topics[0].snapshot.is_none());
 }
 
 /// Answers that belong to an abandoned snapshot generation (a page fetch or a page store still

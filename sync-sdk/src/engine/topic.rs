@@ -59,6 +59,8 @@ pub(super) struct SnapState {
     /// Cursor for the next page (`None` before the first page).
     pub cursor: Option<String>,
     pub pinned: Option<Watermark>,
+    /// Page size asked for (`0` = the configured one); halved when a page is too large.
+    pub limit: u32,
     /// Documents received (and verified) so far.
     pub docs: u64,
     /// Documents the store has staged so far (the progress apps see).

@@ -146,7 +146,9 @@ pub struct ClientOptions {
     pub enabled: bool,
     /// Replay batch size asked of the server. Default 200.
     pub replay_batch_size: u32,
-    /// Snapshot page size. Default 1000.
+    /// Snapshot page size asked of the server (it clamps to 5000). Default 2000: smaller
+    /// pages cost a request and a transaction each, measured at ~0.2 ms per page on top of the
+    /// rows (docs/PERFORMANCE.md step 13); up to four pages are held at once.
     pub snapshot_page_limit: u32,
     /// First backoff window. Default 250 ms.
     pub backoff_base: Duration,
@@ -199,7 +201,7 @@ impl Default for ClientOptions {
             allow_insecure_non_loopback: false,
             enabled: true,
             replay_batch_size: 200,
-            snapshot_page_limit: 1000,
+            snapshot_page_limit: 2000,
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
             reconnect_spread: Duration::from_secs(5),
