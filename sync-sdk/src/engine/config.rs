@@ -69,6 +69,12 @@ pub struct EngineConfig {
     /// document; a crash re-replays at most one group. Bigger groups write fewer SQLite
     /// pages per update (faster catch-up) and hold more in memory. Default 6,000.
     pub group_commit_max_updates: usize,
+    /// Commit ahead while catching up: once a full group is queued behind the commit in
+    /// flight, it is formed and handed to the store at once (two in flight), so the store
+    /// starts it the moment the first ends instead of idling while the engine forms it. Only
+    /// for drivers that run [`Action::Apply`](super::Action::Apply)s strictly in the order
+    /// given and answer them in that order (the native driver does). Default false.
+    pub commit_ahead: bool,
     /// Wire dialect. Default [`Dialect::Auto`].
     pub dialect: Dialect,
     /// Dialect F transport. Default [`FanoutTransport::Auto`].
@@ -105,6 +111,7 @@ impl EngineConfig {
             decode_limits: DecodeLimits::default(),
             seed: 0x6b68_616c_6173_796e,
             group_commit_max_updates: 6_000,
+            commit_ahead: false,
             dialect: Dialect::Auto,
             fanout_transport: FanoutTransport::Auto,
             fanout_max_opening: 4,

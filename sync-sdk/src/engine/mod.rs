@@ -232,11 +232,16 @@ impl Engine {
     /// leave frames in its (bounded) channel, so a slow store becomes backpressure on the
     /// socket rather than memory.
     pub fn wants_frames(&self) -> bool {
+        // A commit handed over ahead ([`EngineConfig::commit_ahead`]) still holds its
+        // documents here: it counts against the same bound, so commit ahead does not add a
+        // third group to memory.
         let queued: usize = self
             .topics
             .iter()
-            .flat_map(|t| t.queue.iter())
-            .map(Vec::len)
+            .map(|t| {
+                t.queue.iter().map(Vec::len).sum::<usize>()
+                    + t.inflight_next.as_ref().map_or(0, |n| n.writes)
+            })
             .sum();
         let bytes: usize = self.topics.iter().map(|t| t.queued_bytes).sum();
         queued < self.cfg.group_commit_max_updates && bytes < QUEUE_BYTE_BUDGET
@@ -1608,6 +1613,7 @@ impl Engine {
             }
             if ts.busy() {
                 ts.push_queue(ups);
+                self.commit_ahead(i);
                 continue;
             }
             self.process_updates(i, ups.into_iter().map(Queued::unchecked).collect());
@@ -1616,8 +1622,13 @@ impl Engine {
 
     /// Applies the rules to one topic's updates and emits at most one `Apply`.
     fn process_updates(&mut self, i: usize, ups: Vec<Queued>) {
+        let base = self.topics[i].committed;
+        self.process_updates_from(i, ups, base);
+    }
+
+    /// [`Engine::process_updates`] for a batch that will follow one ending at `expected`.
+    fn process_updates_from(&mut self, i: usize, ups: Vec<Queued>, expected: Watermark) {
         let ts = &mut self.topics[i];
-        let expected = ts.committed;
         let mut last = expected;
         let mut writes: Vec<DocWrite> = Vec::new();
         let mut hydrate: Vec<usize> = Vec::new();
@@ -1820,9 +1831,22 @@ impl Engine {
 
     fn on_applied(&mut self, t: &Topic, r: Result<ApplyOutcome, StoreError>) {
         let Some(i) = self.topic_idx(t) else { return };
-        let Some(inflight) = self.topics[i].inflight.take() else {
+        let ts = &mut self.topics[i];
+        if ts.discard_applied > 0 {
+            // The answer for a commit ahead given up on (its predecessor failed).
+            ts.discard_applied -= 1;
+            return;
+        }
+        let Some(inflight) = ts.inflight.take() else {
             return;
         };
+        // A commit ahead (already with the store) is the one in flight now.
+        ts.inflight = ts.inflight_next.take();
+        if r.is_err() && ts.inflight.take().is_some() {
+            // It expected this batch's watermark, which was not written: it fails too (its
+            // compare-and-set cannot match); its answer is ignored.
+            ts.discard_applied += 1;
+        }
         let truncated = inflight.truncated;
         match r {
             Ok(outcome) => {
@@ -1848,6 +1872,9 @@ impl Engine {
                 self.commit_queued(i);
                 if self.fanout {
                     self.f_after_commit(i, truncated);
+                } else {
+                    // The next group may already be full behind the commit ahead.
+                    self.commit_ahead(i);
                 }
             }
             Err(StoreError::WatermarkConflict { found, .. }) => {
@@ -1880,6 +1907,65 @@ impl Engine {
             }
             self.process_updates(i, group);
         }
+    }
+
+    /// Commit ahead ([`EngineConfig::commit_ahead`]): while a replay outruns the store, the
+    /// next group is formed as soon as it is full and handed to the store behind the commit in
+    /// flight. Only a plain group qualifies — contiguous after that commit, every payload
+    /// inline and already verified — so forming it early has no other effect (no gap, no
+    /// hydration, no resync) than forming it when the commit ends would have.
+    fn commit_ahead(&mut self, i: usize) {
+        let max = self.cfg.group_commit_max_updates;
+        let ts = &self.topics[i];
+        let Some(cur) = ts.inflight.as_ref() else {
+            return;
+        };
+        if !self.cfg.commit_ahead
+            || self.fanout
+            || ts.phase != TopicPhase::Replaying
+            || ts.inflight_next.is_some()
+            || ts.hydration.is_some()
+            || ts.discard_applied > 0
+            || ts.accept_jump
+            || cur.follow != FollowUp::None
+            || cur.truncated.is_some()
+        {
+            return;
+        }
+        // The group `commit_queued` would take: whole batches until `max` updates.
+        let mut n_batches = 0;
+        let mut n = 0;
+        for b in &ts.queue {
+            n_batches += 1;
+            n += b.len();
+            if n >= max {
+                break;
+            }
+        }
+        if n < max && ts.queued_bytes < QUEUE_BYTE_BUDGET {
+            return;
+        }
+        let mut last = cur.through;
+        for q in ts.queue.iter().take(n_batches).flatten() {
+            let u = &q.update;
+            let plain = u.deleted || (!u.hydration_required && q.hash_ok == Some(true));
+            if u.watermark != last.next() || !plain {
+                return;
+            }
+            last = u.watermark;
+        }
+        let base = cur.through;
+        let mut group: Vec<Queued> = Vec::with_capacity(n);
+        for _ in 0..n_batches {
+            if let Some(b) = self.topics[i].pop_queue() {
+                group.extend(b);
+            }
+        }
+        let cur = self.topics[i].inflight.take();
+        self.process_updates_from(i, group, base);
+        let ts = &mut self.topics[i];
+        ts.inflight_next = ts.inflight.take();
+        ts.inflight = cur;
     }
 
     fn run_follow(&mut self, i: usize, follow: FollowUp) {

@@ -90,6 +90,11 @@ pub(super) struct TopicState {
     /// A subscribe is in flight; gaps until its reply are expected and not resubscribed.
     pub resubscribe_pending: bool,
     pub inflight: Option<Inflight>,
+    /// A second commit, handed to the store behind `inflight` (commit ahead).
+    pub inflight_next: Option<Inflight>,
+    /// Answers still to come for commits given up on (a commit ahead whose predecessor
+    /// failed): ignored when they arrive.
+    pub discard_applied: u32,
     pub hydration: Option<Hydration>,
     pub queue: VecDeque<Vec<Queued>>,
     /// Approximate bytes held by `queue` (payloads + keys + per-update overhead).
@@ -174,6 +179,8 @@ impl TopicState {
             subscribed_on: None,
             resubscribe_pending: false,
             inflight: None,
+            inflight_next: None,
+            discard_applied: 0,
             hydration: None,
             queue: VecDeque::new(),
             queued_bytes: 0,

@@ -72,6 +72,10 @@ pub(crate) struct Driver {
     pub applied_rx: mpsc::UnboundedReceiver<Event>,
     /// Commits in flight; awaited before shutdown completes.
     pub applies: tokio::task::JoinSet<()>,
+    /// Fires when the last commit handed to the store has been answered: the next one starts
+    /// after it, so commits reach the store and are answered in the engine's order (the
+    /// engine may hand over a second commit before the first ends, `commit_ahead`).
+    pub last_apply: Option<oneshot::Receiver<()>>,
     pub io_rx: mpsc::Receiver<IoEvent>,
     pub cmd_rx: mpsc::UnboundedReceiver<Command>,
     pub status_tx: watch::Sender<SyncStatus>,
@@ -252,14 +256,20 @@ impl Driver {
                     }
                 }
                 Action::Apply(batch) => {
-                    // The engine keeps at most one commit per topic in flight; the store's
-                    // thread runs them in order.
+                    // On the store's thread while the engine goes on; strictly in order.
                     let store = Arc::clone(&self.store);
                     let tx = self.applied_tx.clone();
+                    let previous = self.last_apply.take();
+                    let (done_tx, done_rx) = oneshot::channel();
+                    self.last_apply = Some(done_rx);
                     self.applies.spawn(async move {
+                        if let Some(p) = previous {
+                            let _ = p.await;
+                        }
                         let topic = batch.topic.clone();
                         let r = store.apply(batch).await;
                         let _ = tx.send(Event::Applied(topic, r));
+                        let _ = done_tx.send(());
                     });
                     // Reap finished tasks so the set stays small.
                     while self.applies.try_join_next().is_some() {}

@@ -343,6 +343,8 @@ impl SyncClientBuilder {
         let mut cfg = EngineConfig::new(endpoint.origin(), self.topics.clone());
         cfg.replay_batch_size = opts.replay_batch_size;
         cfg.snapshot_page_limit = opts.snapshot_page_limit;
+        // The driver runs commits strictly in order (`Driver::last_apply`).
+        cfg.commit_ahead = true;
         cfg.backoff_base = opts.backoff_base;
         cfg.reconnect_spread = opts.reconnect_spread;
         cfg.group_commit_max_updates = opts.group_commit_max_updates.max(1);
@@ -397,6 +399,7 @@ impl SyncClientBuilder {
             applied_tx,
             applied_rx,
             applies: tokio::task::JoinSet::new(),
+            last_apply: None,
             io_rx,
             cmd_rx,
             status_tx,

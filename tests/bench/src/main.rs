@@ -138,6 +138,11 @@ async fn child_client(server: String, db: PathBuf, topics: Vec<String>, until: V
                         .ok()
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(SqliteOptions::default().cache_size_kib),
+                    // KHALA_BENCH_WAL_CHECKPOINT: checkpoint interval experiments (pages).
+                    wal_autocheckpoint: std::env::var("KHALA_BENCH_WAL_CHECKPOINT")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(SqliteOptions::default().wal_autocheckpoint),
                     ..SqliteOptions::default()
                 },
             )
