@@ -1357,7 +1357,8 @@ impl Engine {
 
     /// Keeps the snapshot pipeline full: the oldest ready page goes to the store when none is
     /// being stored, and the next page is fetched while fewer than
-    /// [`topic::SNAPSHOT_PAGES_AHEAD`] wait.
+    /// [`topic::SNAPSHOT_PAGES_AHEAD`] wait. The fetch is emitted first, so a driver that
+    /// awaits each store in its loop (the browser's) still has the next page on the way.
     fn snapshot_pump(&mut self, i: usize) {
         let ts = &mut self.topics[i];
         let Some(snap) = ts.snapshot.as_mut() else {
@@ -1366,11 +1367,12 @@ impl Engine {
         let Some(generation) = snap.generation else {
             return;
         };
+        let mut store = None;
         if !snap.storing {
             if let Some((docs, finish)) = snap.ready.pop_front() {
                 snap.storing = true;
                 snap.storing_docs = docs.len() as u64;
-                self.actions.push_back(Action::StoreSnapshotPage {
+                store = Some(Action::StoreSnapshotPage {
                     topic: ts.topic.clone(),
                     generation,
                     docs,
@@ -1380,6 +1382,9 @@ impl Engine {
         }
         if !snap.fetching && !snap.last_received && snap.ready.len() < topic::SNAPSHOT_PAGES_AHEAD {
             self.fetch_snapshot_page(i);
+        }
+        if let Some(a) = store {
+            self.actions.push_back(a);
         }
     }
 

@@ -542,12 +542,12 @@ fn first_run_bootstraps_from_snapshot_then_subscribes_from_its_watermark() {
         s.snap_gen(A),
         Ok(page1),
     ));
-    // Pipelined: the next page is fetched while this one is stored.
+    // Pipelined: the next page is fetched (asked for first) while this one is stored.
     assert_eq!(
         kinds(&acts),
         [
-            "StoreSnapshotPage A docs=2 finish=-",
-            "FetchSnapshotPage A cursor=c1"
+            "FetchSnapshotPage A cursor=c1",
+            "StoreSnapshotPage A docs=2 finish=-"
         ]
     );
     let (docs, _) = store_pages(&acts).remove(0);
@@ -1618,8 +1618,8 @@ fn snapshot_pages_with_different_watermarks_restart_the_snapshot() {
     assert_eq!(
         kinds(&s.handle(Event::SnapshotPageFetched(topic(A), s.snap_gen(A), Ok(p1)))),
         [
-            "StoreSnapshotPage A docs=1 finish=-",
-            "FetchSnapshotPage A cursor=c1"
+            "FetchSnapshotPage A cursor=c1",
+            "StoreSnapshotPage A docs=1 finish=-"
         ]
     );
     assert_eq!(
@@ -2161,8 +2161,8 @@ fn snapshot_page_fetched_ahead_waits_for_the_previous_store() {
     assert_eq!(
         kinds(&acts),
         [
-            "StoreSnapshotPage A docs=1 finish=-",
-            "FetchSnapshotPage A cursor=c1"
+            "FetchSnapshotPage A cursor=c1",
+            "StoreSnapshotPage A docs=1 finish=-"
         ]
     );
     // The last page arrives while page 1 is still being written: nothing happens yet.
@@ -2200,8 +2200,8 @@ fn snapshot_fetches_up_to_two_pages_ahead_of_a_slow_store() {
     assert_eq!(
         kinds(&acts),
         [
-            "StoreSnapshotPage A docs=1 finish=-",
-            "FetchSnapshotPage A cursor=c1"
+            "FetchSnapshotPage A cursor=c1",
+            "StoreSnapshotPage A docs=1 finish=-"
         ]
     );
     // Page 1 is still being written: pages 2 and 3 are fetched (and verified) meanwhile…
@@ -2225,8 +2225,8 @@ fn snapshot_fetches_up_to_two_pages_ahead_of_a_slow_store() {
     assert_eq!(
         kinds(&acts),
         [
-            "StoreSnapshotPage A docs=1 finish=-",
-            "FetchSnapshotPage A cursor=c3"
+            "FetchSnapshotPage A cursor=c3",
+            "StoreSnapshotPage A docs=1 finish=-"
         ]
     );
     assert_eq!(store_pages(&acts)[0].0[0].doc_key.as_str(), "k2");

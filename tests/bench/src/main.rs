@@ -398,10 +398,7 @@ async fn main() {
                 r.note
             );
         }
-        if !failures.is_empty() {
-            eprintln!("CORRECTNESS FAILURES: {failures:?}");
-            std::process::exit(1);
-        }
+        exit_on_failures(&failures);
         return;
     }
 
@@ -610,10 +607,7 @@ async fn main() {
         ),
         None => println!("| wasm package | | | not built (run bindings-wasm/scripts/build.sh) | | |"),
     }
-    if !failures.is_empty() {
-        eprintln!("CORRECTNESS FAILURES: {failures:?}");
-        std::process::exit(1);
-    }
+    exit_on_failures(&failures);
     println!("\ncorrectness: every catch-up and bootstrap copy equals the server's");
 }
 
@@ -677,6 +671,14 @@ async fn bootstrap_rows(
             boot.cpu_note()
         ),
     });
+}
+
+/// Exits with status 1 when any local copy differed from the server's.
+fn exit_on_failures(failures: &[String]) {
+    if !failures.is_empty() {
+        eprintln!("CORRECTNESS FAILURES: {failures:?}");
+        std::process::exit(1);
+    }
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
