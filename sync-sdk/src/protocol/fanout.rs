@@ -117,14 +117,8 @@ pub struct EvictionDetails {
 /// [`StaleDetails`] from a parsed object (the frame itself, or a 410's `details`); a walk
 /// instead of the derived `Deserialize` (kept for apps), see `protocol::json`.
 fn stale_of(mut o: super::json::Obj) -> Result<StaleDetails, String> {
-    use super::json::{array, opt_string, opt_uint, string, take, uint};
-    let reason_codes = match o.remove("reason_codes") {
-        None => Vec::new(),
-        Some(v) => array(v, "reason_codes")?
-            .into_iter()
-            .map(|r| string(r, "reason_codes"))
-            .collect::<Result<_, _>>()?,
-    };
+    use super::json::{list, opt_string, opt_uint, string, take, uint};
+    let reason_codes = list(&mut o, "reason_codes", string)?;
     Ok(StaleDetails {
         topic: opt_string(&mut o, "topic")?,
         requested_cursor: opt_uint(&mut o, "requested_cursor")?,

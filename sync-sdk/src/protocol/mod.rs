@@ -94,4 +94,22 @@ pub(crate) mod json {
             _ => Err(wrong(key, "an object")),
         }
     }
+
+    /// A list field read like a `Vec` with `#[serde(default)]`: absent is empty, `null` is
+    /// wrong-typed; each element goes through `f` (given the field's key for its errors).
+    pub(crate) fn list<T>(
+        o: &mut Obj,
+        key: &str,
+        f: impl Fn(Value, &str) -> Result<T, String>,
+    ) -> Result<Vec<T>, String> {
+        match o.remove(key) {
+            None => Ok(Vec::new()),
+            Some(v) => array(v, key)?.into_iter().map(|x| f(x, key)).collect(),
+        }
+    }
+
+    /// `v` as a topic name.
+    pub(crate) fn topic(v: Value, key: &str) -> Result<super::Topic, String> {
+        super::Topic::new(string(v, key)?).map_err(|_| format!("invalid topic name in `{key}`"))
+    }
 }

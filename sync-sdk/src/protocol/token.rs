@@ -158,35 +158,20 @@ pub fn decode_token_response(
 }
 
 fn grant_of(body: &str) -> Result<TokenGrant, String> {
-    use super::json::{array, obj, object, opt_string, opt_uint, string, take, uint};
+    use super::json::{list, obj, object, opt_string, opt_uint, string, take, topic, uint};
     let mut d = obj(take(&mut object(body)?, "data")?, "data")?;
-    let strings = |v: Option<serde_json::Value>, key: &str| -> Result<Vec<String>, String> {
-        v.map_or(Ok(Vec::new()), |v| {
-            array(v, key)?.into_iter().map(|s| string(s, key)).collect()
-        })
-    };
-    let topic = |v: serde_json::Value| -> Result<Topic, String> {
-        Topic::new(string(v, "granted_topics")?)
-            .map_err(|_| "invalid topic name in `granted_topics`".to_owned())
-    };
-    let granted = |v: serde_json::Value| -> Result<GrantedTopic, String> {
+    // Errors name `granted_topics`, also for an object's inner `topic`.
+    let granted = |v: serde_json::Value, key: &str| -> Result<GrantedTopic, String> {
         match v {
             serde_json::Value::Object(mut o) => Ok(GrantedTopic::Object {
-                topic: topic(take(&mut o, "topic")?)?,
+                topic: topic(take(&mut o, "topic")?, key)?,
                 required_scope: opt_string(&mut o, "required_scope")?,
             }),
-            v => topic(v).map(GrantedTopic::Name),
+            v => topic(v, key).map(GrantedTopic::Name),
         }
     };
-    // `#[serde(default)]` on a `Vec` accepts absence, not `null`.
-    let present = |d: &mut super::json::Obj, key: &str| match d.remove(key) {
-        Some(serde_json::Value::Null) => {
-            Err(format!("invalid type for `{key}`, expected an array"))
-        }
-        v => Ok(v),
-    };
-    let scopes = present(&mut d, "scopes")?;
-    let granted_topics = present(&mut d, "granted_topics")?;
+    let scopes = list(&mut d, "scopes", string)?;
+    let granted_topics = list(&mut d, "granted_topics", granted)?;
     Ok(TokenGrant {
         token: SyncToken(string(take(&mut d, "token")?, "token")?),
         token_type: opt_string(&mut d, "token_type")?,
@@ -198,14 +183,9 @@ fn grant_of(body: &str) -> Result<TokenGrant, String> {
         subject: opt_string(&mut d, "subject")?,
         org_id: opt_string(&mut d, "org_id")?,
         claims_version: opt_string(&mut d, "claims_version")?,
-        scopes: strings(scopes, "scopes")?,
+        scopes,
         kid: opt_string(&mut d, "kid")?,
-        granted_topics: granted_topics.map_or(Ok(Vec::new()), |v| {
-            array(v, "granted_topics")?
-                .into_iter()
-                .map(granted)
-                .collect()
-        })?,
+        granted_topics,
         token_id: opt_string(&mut d, "token_id")?,
         session_id: opt_string(&mut d, "session_id")?,
         device_id: opt_string(&mut d, "device_id")?,

@@ -262,27 +262,8 @@ impl ServerError {
     }
 }
 
-fn topic_of(v: serde_json::Value, key: &str) -> Result<Topic, String> {
-    Topic::new(super::json::string(v, key)?).map_err(|_| format!("invalid topic name in `{key}`"))
-}
-
-/// A `Vec` field with `#[serde(default)]`: absent is empty, `null` is wrong-typed.
-fn list<T>(
-    o: &mut super::json::Obj,
-    key: &str,
-    f: impl Fn(serde_json::Value, &str) -> Result<T, String>,
-) -> Result<Vec<T>, String> {
-    match o.remove(key) {
-        None => Ok(Vec::new()),
-        Some(v) => super::json::array(v, key)?
-            .into_iter()
-            .map(|x| f(x, key))
-            .collect(),
-    }
-}
-
 fn error_of(o: &mut super::json::Obj) -> Result<ServerError, String> {
-    use super::json::{obj, opt, opt_string, opt_uint, string, take};
+    use super::json::{list, obj, opt, opt_string, opt_uint, string, take, topic as topic_of};
     let code = string(take(o, "code")?, "code")?;
     let message = opt_string(o, "message")?.unwrap_or_default();
     let reason = opt_string(o, "reason")?;
