@@ -1903,13 +1903,8 @@ impl Engine {
     /// and so commits in large groups.
     fn commit_queued(&mut self, i: usize) {
         while !self.topics[i].busy() && !self.topics[i].queue.is_empty() {
-            let mut group: Vec<Queued> = Vec::new();
-            while let Some(next) = self.topics[i].pop_queue() {
-                group.extend(next);
-                if group.len() >= self.cfg.group_commit_max_updates {
-                    break;
-                }
-            }
+            let (batches, _) = self.topics[i].next_group(self.cfg.group_commit_max_updates);
+            let group = self.topics[i].take_batches(batches);
             self.process_updates(i, group);
         }
     }
@@ -1937,16 +1932,8 @@ impl Engine {
         {
             return;
         }
-        // The group `commit_queued` would take: whole batches until `max` updates.
-        let mut n_batches = 0;
-        let mut n = 0;
-        for b in &ts.queue {
-            n_batches += 1;
-            n += b.len();
-            if n >= max {
-                break;
-            }
-        }
+        // The group `commit_queued` would take.
+        let (n_batches, n) = ts.next_group(max);
         if n < max && ts.queued_bytes < QUEUE_BYTE_BUDGET {
             return;
         }
@@ -1960,12 +1947,7 @@ impl Engine {
             last = u.watermark;
         }
         let base = cur.through;
-        let mut group: Vec<Queued> = Vec::with_capacity(n);
-        for _ in 0..n_batches {
-            if let Some(b) = self.topics[i].pop_queue() {
-                group.extend(b);
-            }
-        }
+        let group = self.topics[i].take_batches(n_batches);
         let cur = self.topics[i].inflight.take();
         self.process_updates_from(i, group, base);
         let ts = &mut self.topics[i];

@@ -163,6 +163,32 @@ impl TopicState {
         Some(ups)
     }
 
+    /// The next group commit: the oldest whole batches until `max` updates, as
+    /// `(batches, updates)`.
+    pub fn next_group(&self, max: usize) -> (usize, usize) {
+        let (mut batches, mut updates) = (0, 0);
+        for b in &self.queue {
+            if updates >= max {
+                break;
+            }
+            batches += 1;
+            updates += b.len();
+        }
+        (batches, updates)
+    }
+
+    /// The oldest `batches` queued batches, as one group.
+    pub fn take_batches(&mut self, batches: usize) -> Vec<Queued> {
+        let mut group = Vec::new();
+        for _ in 0..batches {
+            match self.pop_queue() {
+                Some(b) => group.extend(b),
+                None => break,
+            }
+        }
+        group
+    }
+
     /// Drops every queued batch.
     pub fn clear_queue(&mut self) {
         self.queue.clear();

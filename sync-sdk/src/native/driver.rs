@@ -256,23 +256,22 @@ impl Driver {
                     }
                 }
                 Action::Apply(batch) => {
-                    // On the store's thread while the engine goes on; strictly in order.
+                    // Strictly in order: each commit starts once the previous one has been
+                    // answered (the engine may hand over a second before the first ends).
                     let store = Arc::clone(&self.store);
-                    let tx = self.applied_tx.clone();
                     let previous = self.last_apply.take();
                     let (done_tx, done_rx) = oneshot::channel();
                     self.last_apply = Some(done_rx);
-                    self.applies.spawn(async move {
-                        if let Some(p) = previous {
-                            let _ = p.await;
-                        }
-                        let topic = batch.topic.clone();
-                        let r = store.apply(batch).await;
-                        let _ = tx.send(Event::Applied(topic, r));
-                        let _ = done_tx.send(());
-                    });
-                    // Reap finished tasks so the set stays small.
-                    while self.applies.try_join_next().is_some() {}
+                    self.spawn_store_write(
+                        async move {
+                            if let Some(p) = previous {
+                                let _ = p.await;
+                            }
+                            let topic = batch.topic.clone();
+                            Event::Applied(topic, store.apply(batch).await)
+                        },
+                        Some(done_tx),
+                    );
                 }
                 Action::BeginSnapshot(topic) => {
                     let r = self.store.begin_snapshot(topic.clone()).await;
@@ -298,21 +297,21 @@ impl Driver {
                     docs,
                     finish,
                 } => {
-                    // On the store's thread while the engine fetches and verifies the next
-                    // pages (the engine keeps one page store in flight, in order; shutdown
-                    // waits for it like for commits).
+                    // While the engine fetches and verifies the next pages (it keeps one page
+                    // store in flight, in page order).
                     let store = Arc::clone(&self.store);
-                    let tx = self.applied_tx.clone();
-                    self.applies.spawn(async move {
-                        let mut r = store
-                            .put_snapshot_page(topic.clone(), generation, docs)
-                            .await;
-                        if let (Ok(()), Some(w)) = (&r, finish) {
-                            r = store.finish_snapshot(topic.clone(), generation, w).await;
-                        }
-                        let _ = tx.send(Event::SnapshotPageStored(topic, generation, r));
-                    });
-                    while self.applies.try_join_next().is_some() {}
+                    self.spawn_store_write(
+                        async move {
+                            let mut r = store
+                                .put_snapshot_page(topic.clone(), generation, docs)
+                                .await;
+                            if let (Ok(()), Some(w)) = (&r, finish) {
+                                r = store.finish_snapshot(topic.clone(), generation, w).await;
+                            }
+                            Event::SnapshotPageStored(topic, generation, r)
+                        },
+                        None,
+                    );
                 }
                 Action::FetchDoc {
                     topic,
@@ -344,6 +343,25 @@ impl Driver {
     }
 
     /// Runs an HTTP call as a task; its result comes back as an engine event.
+    /// A store write (commit, snapshot page) on the store's thread while the engine goes on: a
+    /// tracked task (shutdown waits for it) whose answer goes through the results channel;
+    /// `done` fires once the answer is sent.
+    fn spawn_store_write(
+        &mut self,
+        call: impl std::future::Future<Output = Event> + Send + 'static,
+        done: Option<oneshot::Sender<()>>,
+    ) {
+        let tx = self.applied_tx.clone();
+        self.applies.spawn(async move {
+            let _ = tx.send(call.await);
+            if let Some(d) = done {
+                let _ = d.send(());
+            }
+        });
+        // Reap finished tasks so the set stays small.
+        while self.applies.try_join_next().is_some() {}
+    }
+
     fn spawn_event(&self, call: impl std::future::Future<Output = Event> + Send + 'static) {
         // Results go through the always-read results channel, never behind frames: a
         // hydration waiting for its document must not wait for the frame queue to drain.
