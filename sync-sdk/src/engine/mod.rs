@@ -1306,7 +1306,10 @@ impl Engine {
             }
         }
         ts.subscribed_on = None;
-        ts.snapshot = Some(SnapState::default());
+        ts.snapshot = Some(SnapState {
+            limit: self.cfg.snapshot_page_limit.max(1),
+            ..SnapState::default()
+        });
         self.metrics.snapshots += 1;
         self.actions
             .push_back(Action::BeginSnapshot(ts.topic.clone()));
@@ -1343,9 +1346,6 @@ impl Engine {
             return;
         };
         snap.fetching = true;
-        if snap.limit == 0 {
-            snap.limit = self.cfg.snapshot_page_limit.max(1);
-        }
         self.actions.push_back(Action::FetchSnapshotPage {
             topic: ts.topic.clone(),
             generation,

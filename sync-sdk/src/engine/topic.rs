@@ -59,7 +59,7 @@ pub(super) struct SnapState {
     /// Cursor for the next page (`None` before the first page).
     pub cursor: Option<String>,
     pub pinned: Option<Watermark>,
-    /// Page size asked for (`0` = the configured one); halved when a page is too large.
+    /// Page size asked for (the configured one at first); halved when a page is too large.
     pub limit: u32,
     /// Documents received (and verified) so far.
     pub docs: u64,
