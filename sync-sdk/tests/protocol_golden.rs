@@ -321,7 +321,7 @@ fn update_batch_spec_example() {
     );
     assert_eq!(u.doc_version, 7);
     assert_eq!(
-        u.payload.as_deref().map(|p| p.get()),
+        u.payload.as_ref().map(|p| p.get()),
         Some(r#"{"status":"running"}"#)
     );
     assert_eq!(
@@ -348,12 +348,12 @@ fn update_batch_live_push_multiple_updates_verified_hashes() {
     assert!(b.replay_complete);
     assert_eq!(b.updates.len(), 2);
     for u in &b.updates {
-        let raw = u.payload.as_deref().unwrap();
+        let raw = u.payload.as_ref().unwrap();
         assert!(khala_sync::protocol::hash::verify(raw, u.payload_hash.as_ref()).unwrap());
     }
     assert_eq!(b.updates[0].payload_hash, Some(ha));
     assert_eq!(b.updates[1].payload_hash, Some(hb));
-    assert_eq!(b.updates[1].payload.as_deref().unwrap().get(), payload_b);
+    assert_eq!(b.updates[1].payload.as_ref().unwrap().get(), payload_b);
 }
 
 #[test]
@@ -388,7 +388,7 @@ fn update_batch_null_hash_means_no_check() {
     );
     let u = &b.updates[0];
     assert!(u.payload_hash.is_none());
-    assert!(khala_sync::protocol::hash::verify(u.payload.as_deref().unwrap(), None).unwrap());
+    assert!(khala_sync::protocol::hash::verify(u.payload.as_ref().unwrap(), None).unwrap());
 }
 
 #[test]
@@ -402,7 +402,7 @@ fn update_batch_display_form_hash() {
         h.to_base64(),
         "QyWM/3g/5wNtikMDP4MK38YOwDc4JHNUisdCuIgpJ3c="
     );
-    assert!(khala_sync::protocol::hash::verify(u.payload.as_deref().unwrap(), Some(&h)).unwrap());
+    assert!(khala_sync::protocol::hash::verify(u.payload.as_ref().unwrap(), Some(&h)).unwrap());
 }
 
 #[test]
@@ -412,7 +412,7 @@ fn update_batch_hash_mismatch_is_detected_not_an_error() {
     );
     let u = &b.updates[0];
     assert!(!khala_sync::protocol::hash::verify(
-        u.payload.as_deref().unwrap(),
+        u.payload.as_ref().unwrap(),
         u.payload_hash.as_ref()
     )
     .unwrap());
@@ -451,7 +451,7 @@ fn update_batch_payload_of_any_json_type_kept_verbatim() {
             r#"["1",null,"sync:v1","sync:update_batch",{{"updates":[{{"topic":"t","doc_key":"k","doc_version":1,"payload":{payload},"watermark":1}}]}}]"#
         );
         let b = batch(&frame);
-        assert_eq!(b.updates[0].payload.as_deref().unwrap().get(), payload);
+        assert_eq!(b.updates[0].payload.as_ref().unwrap().get(), payload);
     }
 }
 
@@ -1144,11 +1144,11 @@ fn snapshot_page_decodes() {
     assert_eq!(p.docs[0].doc_key.as_str(), "runtime/run_summary:a");
     assert_eq!(p.docs[0].doc_version, 7);
     assert!(khala_sync::protocol::hash::verify(
-        p.docs[0].payload.as_deref().unwrap(),
+        p.docs[0].payload.as_ref().unwrap(),
         p.docs[0].payload_hash.as_ref()
     )
     .unwrap());
-    assert_eq!(p.docs[1].payload.as_deref().unwrap().get(), "[1,2]");
+    assert_eq!(p.docs[1].payload.as_ref().unwrap().get(), "[1,2]");
     assert!(p.docs[1].payload_hash.is_none());
     assert!(p.docs[2].payload_hash.is_none());
 
@@ -1201,7 +1201,7 @@ fn doc_response_decodes() {
     assert_eq!(d.doc_version, 5);
     assert_eq!(d.watermark, Some(Watermark(1950)));
     assert!(khala_sync::protocol::hash::verify(
-        d.payload.as_deref().unwrap(),
+        d.payload.as_ref().unwrap(),
         d.payload_hash.as_ref()
     )
     .unwrap());

@@ -1790,7 +1790,7 @@ impl Engine {
         match r {
             Ok(doc) => {
                 let write = &mut h.batch.writes[w];
-                let payload = hash::payload_text(doc.payload.as_deref()).to_owned();
+                let payload = hash::payload_text(doc.payload.as_ref()).to_owned();
                 let hash_ok = hash::matches(&payload, doc.payload_hash.as_ref());
                 if doc.doc_version < write.doc_version || !hash_ok {
                     // The doc route is behind the stream or corrupt: retry the batch later.

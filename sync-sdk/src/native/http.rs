@@ -92,7 +92,8 @@ pub(crate) async fn fetch_token(
     let resp = http
         .post(url)
         .headers(headers)
-        .json(request)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(request.to_json())
         .send()
         .await
         .map_err(transport)?;

@@ -12,10 +12,10 @@
 //! [`ProtocolError`] (or, for poll answers, a [`PollFailure`]), never a panic.
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::http::encode_segment;
-use super::{DecodeLimits, DocKey, ProtocolError, Topic, Update, Watermark};
+use super::json::{self, need, set, Reader, Res};
+use super::{DecodeLimits, DocKey, ProtocolError, RawJson, Topic, Update, Watermark};
 
 /// Route prefix of both dialect-F routes.
 pub const TOPICS_PATH: &str = "/internal/v1/khala/topics";
@@ -30,7 +30,7 @@ pub struct FanoutMessage {
     /// Event kind (`run.step`…); empty when absent.
     pub kind: String,
     /// The whole message object, raw JSON exactly as received.
-    pub raw: Box<RawValue>,
+    pub raw: RawJson,
 }
 
 impl FanoutMessage {
@@ -116,7 +116,7 @@ pub struct EvictionDetails {
 
 /// [`StaleDetails`] from a parsed object (the frame itself, or a 410's `details`); a walk
 /// instead of the derived `Deserialize` (kept for apps), see `protocol::json`.
-fn stale_of(mut o: super::json::Obj) -> Result<StaleDetails, String> {
+fn stale_of(mut o: json::Obj<'_>) -> Result<StaleDetails, String> {
     use super::json::{list, opt_string, opt_uint, string, take, uint};
     let reason_codes = list(&mut o, "reason_codes", string)?;
     Ok(StaleDetails {
@@ -135,7 +135,7 @@ fn stale_of(mut o: super::json::Obj) -> Result<StaleDetails, String> {
 }
 
 /// [`EvictionDetails`] from a 409's `details` object.
-fn eviction_of(mut o: super::json::Obj) -> Result<EvictionDetails, String> {
+fn eviction_of(mut o: json::Obj<'_>) -> Result<EvictionDetails, String> {
     use super::json::opt_uint;
     let mut u32_of = |key: &str| -> Result<Option<u32>, String> {
         opt_uint(&mut o, key)?
@@ -180,58 +180,66 @@ pub enum FanoutFrame {
     Unknown(String),
 }
 
-#[derive(Deserialize)]
-struct RawMessage<'a> {
-    #[serde(borrow)]
-    topic: &'a str,
-    sequence: u64,
-    #[serde(default)]
-    kind: Option<String>,
-}
-
-fn decode_message(raw: Box<RawValue>) -> Result<FanoutMessage, ProtocolError> {
-    let m: RawMessage<'_> =
-        serde_json::from_str(raw.get()).map_err(|e| ProtocolError::json("fanout message", e))?;
-    if m.sequence == 0 {
-        return Err(ProtocolError::Malformed {
-            context: "fanout message",
-            detail: "sequence 0 (sequences start at 1)".into(),
-        });
-    }
-    let topic = Topic::new(m.topic).map_err(|e| ProtocolError::Malformed {
-        context: "fanout message",
-        detail: e.to_string(),
+/// Reads one message object, keeping its exact text.
+fn read_message(r: &mut Reader<'_>) -> Res<FanoutMessage> {
+    let start = r.peek().map(|_| r.pos());
+    let (mut topic, mut sequence, mut kind) = (None, None, None);
+    r.object(&mut |r, k| match k {
+        "topic" => set(&mut topic, json::read_topic(r, k)?, k),
+        "sequence" => set(&mut sequence, r.uint(k)?, k),
+        "kind" => set(&mut kind, r.opt_str(k)?.map(String::from), k),
+        _ => r.skip(),
     })?;
-    let sequence = Watermark(m.sequence);
-    let kind = m.kind.unwrap_or_default();
+    let raw = RawJson::checked(r.since(start.unwrap_or(0)));
+    let sequence = need(sequence, "sequence")?;
+    if sequence == 0 {
+        return Err("sequence 0 (sequences start at 1)".into());
+    }
     Ok(FanoutMessage {
-        topic,
-        sequence,
-        kind,
+        topic: need(topic, "topic")?,
+        sequence: Watermark(sequence),
+        kind: kind.flatten().unwrap_or_default(),
         raw,
     })
+}
+
+fn decode_message(text: &str) -> Result<FanoutMessage, ProtocolError> {
+    json::read_all(text, read_message).map_err(|e| ProtocolError::malformed("fanout message", e))
 }
 
 /// Decodes one WebSocket text frame.
 pub fn decode_frame(text: &str, limits: &DecodeLimits) -> Result<FanoutFrame, ProtocolError> {
     limits.check("fanout frame", text.len())?;
-    #[derive(Deserialize)]
-    struct Frame {
-        #[serde(rename = "type")]
+    struct Frame<'a> {
         kind: String,
-        #[serde(default)]
-        message: Option<Box<RawValue>>,
-        #[serde(default)]
+        message: Option<&'a str>,
         topic: Option<String>,
-        #[serde(default)]
         after_seq: Option<u64>,
-        #[serde(default)]
         recommended_reconnect_backoff_ms: Option<u64>,
-        #[serde(default)]
         code: Option<String>,
     }
-    let f: Frame =
-        serde_json::from_str(text).map_err(|e| ProtocolError::json("fanout frame", e))?;
+    fn read<'a>(r: &mut Reader<'a>) -> Res<Frame<'a>> {
+        let (mut kind, mut message, mut topic, mut after_seq, mut backoff, mut code) =
+            (None, None, None, None, None, None);
+        r.object(&mut |r, k| match k {
+            "type" => set(&mut kind, r.str(k)?.into_owned(), k),
+            "message" => set(&mut message, (!r.null()?).then(|| r.raw()).transpose()?, k),
+            "topic" => set(&mut topic, r.opt_str(k)?.map(String::from), k),
+            "after_seq" => set(&mut after_seq, r.opt_uint(k)?, k),
+            "recommended_reconnect_backoff_ms" => set(&mut backoff, r.opt_uint(k)?, k),
+            "code" => set(&mut code, r.opt_str(k)?.map(String::from), k),
+            _ => r.skip(),
+        })?;
+        Ok(Frame {
+            kind: need(kind, "type")?,
+            message: message.flatten(),
+            topic: topic.flatten(),
+            after_seq: after_seq.flatten(),
+            recommended_reconnect_backoff_ms: backoff.flatten(),
+            code: code.flatten(),
+        })
+    }
+    let f = json::read_all(text, read).map_err(|e| ProtocolError::malformed("fanout frame", e))?;
     match f.kind.as_str() {
         "hello" => Ok(FanoutFrame::Hello {
             topic: f.topic,
@@ -245,14 +253,14 @@ pub fn decode_frame(text: &str, limits: &DecodeLimits) -> Result<FanoutFrame, Pr
             })?;
             decode_message(raw).map(FanoutFrame::Message)
         }
-        "stale_cursor" => super::json::object(text)
+        "stale_cursor" => json::object(text)
             .and_then(stale_of)
             .map(FanoutFrame::StaleCursor)
             .map_err(|e| ProtocolError::malformed("fanout stale_cursor", e)),
         "error" => {
-            let message = super::json::object(text)
+            let message = json::object(text)
                 .ok()
-                .and_then(|mut o| super::json::opt_string(&mut o, "message").ok())
+                .and_then(|mut o| json::opt_string(&mut o, "message").ok())
                 .flatten()
                 .unwrap_or_default();
             Ok(FanoutFrame::Error {
@@ -326,15 +334,15 @@ pub enum PollFailure {
 }
 
 /// The fields of a poll error body this client reads (any of them wrong-typed: none).
-struct ErrBody {
-    error: Option<serde_json::Value>,
+struct ErrBody<'a> {
+    error: Option<json::Value<'a>>,
     reason_code: Option<String>,
     retry_after_ms: Option<u64>,
-    details: Option<serde_json::Value>,
+    details: Option<json::Value<'a>>,
     message: Option<String>,
 }
 
-fn err_body(body: &str) -> Option<ErrBody> {
+fn err_body(body: &str) -> Option<ErrBody<'_>> {
     use super::json::{object, opt, opt_string, opt_uint};
     let mut o = object(body).ok()?;
     Some(ErrBody {
@@ -343,6 +351,38 @@ fn err_body(body: &str) -> Option<ErrBody> {
         retry_after_ms: opt_uint(&mut o, "retry_after_ms").ok()?,
         details: opt(&mut o, "details"),
         message: opt_string(&mut o, "message").ok()?,
+    })
+}
+
+/// A poll route's 200 body.
+fn read_page(r: &mut Reader<'_>) -> Res<PollPage> {
+    let (mut messages, mut oldest, mut head, mut next, mut complete, mut limit, mut backoff) =
+        (None, None, None, None, None, None, None);
+    r.object(&mut |r, k| match k {
+        "messages" => {
+            let mut list = Vec::new();
+            r.list(k, &mut |r| {
+                list.push(read_message(r)?);
+                Ok(())
+            })?;
+            set(&mut messages, list, k)
+        }
+        "oldest_available_cursor" => set(&mut oldest, r.opt_uint(k)?, k),
+        "head_cursor" => set(&mut head, r.opt_uint(k)?, k),
+        "next_cursor" => set(&mut next, r.opt_uint(k)?, k),
+        "replay_complete" => set(&mut complete, r.bool(k)?, k),
+        "limit_applied" => set(&mut limit, r.opt_uint(k)?, k),
+        "recommended_reconnect_backoff_ms" => set(&mut backoff, r.opt_uint(k)?, k),
+        _ => r.skip(),
+    })?;
+    Ok(PollPage {
+        messages: need(messages, "messages")?,
+        oldest_available_cursor: oldest.flatten(),
+        head_cursor: head.flatten(),
+        next_cursor: next.flatten(),
+        replay_complete: complete.unwrap_or(false),
+        limit_applied: limit.flatten(),
+        recommended_reconnect_backoff_ms: backoff.flatten(),
     })
 }
 
@@ -358,39 +398,8 @@ pub fn decode_poll(
         return Err(PollFailure::Decode(e));
     }
     if status == 200 {
-        #[derive(Deserialize)]
-        struct Page {
-            messages: Vec<Box<RawValue>>,
-            #[serde(default)]
-            oldest_available_cursor: Option<u64>,
-            #[serde(default)]
-            head_cursor: Option<u64>,
-            #[serde(default)]
-            next_cursor: Option<u64>,
-            #[serde(default)]
-            replay_complete: bool,
-            #[serde(default)]
-            limit_applied: Option<u64>,
-            #[serde(default)]
-            recommended_reconnect_backoff_ms: Option<u64>,
-        }
-        let p: Page = serde_json::from_str(body)
-            .map_err(|e| PollFailure::Decode(ProtocolError::json("fanout poll", e)))?;
-        let messages = p
-            .messages
-            .into_iter()
-            .map(decode_message)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(PollFailure::Decode)?;
-        return Ok(PollPage {
-            messages,
-            oldest_available_cursor: p.oldest_available_cursor,
-            head_cursor: p.head_cursor,
-            next_cursor: p.next_cursor,
-            replay_complete: p.replay_complete,
-            limit_applied: p.limit_applied,
-            recommended_reconnect_backoff_ms: p.recommended_reconnect_backoff_ms,
-        });
+        return json::read_all(body, read_page)
+            .map_err(|e| PollFailure::Decode(ProtocolError::malformed("fanout poll", e)));
     }
     let mut b: Option<ErrBody> = if body.len() <= 64 * 1024 {
         err_body(body)
@@ -398,10 +407,8 @@ pub fn decode_poll(
         None
     };
     let code = b.as_ref().and_then(|b| match &b.error {
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Object(o)) => {
-            o.get("code").and_then(|c| c.as_str()).map(str::to_owned)
-        }
+        Some(json::Value::Str(s)) => Some(s.to_string()),
+        Some(json::Value::Obj(o)) => o.get("code").and_then(|c| c.as_str()).map(str::to_owned),
         _ => None,
     });
     let reason = b.as_ref().and_then(|b| b.reason_code.clone());
@@ -412,7 +419,7 @@ pub fn decode_poll(
             code: code.unwrap_or_else(|| "forbidden".into()),
             reason,
         },
-        409 => match details.map(|d| super::json::obj(d, "details").and_then(eviction_of)) {
+        409 => match details.map(|d| json::obj(d, "details").and_then(eviction_of)) {
             Some(Ok(d)) => PollFailure::Evicted(d),
             _ => PollFailure::Evicted(EvictionDetails {
                 lag: None,
@@ -421,7 +428,7 @@ pub fn decode_poll(
                 suggested_after_seq: None,
             }),
         },
-        410 => match details.map(|d| super::json::obj(d, "details").and_then(stale_of)) {
+        410 => match details.map(|d| json::obj(d, "details").and_then(stale_of)) {
             Some(Ok(d)) => PollFailure::Stale(Box::new(d)),
             Some(Err(e)) => PollFailure::Decode(ProtocolError::malformed("fanout 410 details", e)),
             None => PollFailure::Decode(ProtocolError::Malformed {

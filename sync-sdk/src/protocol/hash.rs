@@ -8,11 +8,10 @@ use std::fmt;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::ProtocolError;
+use super::json;
+use super::{ProtocolError, RawJson};
 
 /// A 32-byte sha256 payload digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,13 +28,6 @@ impl PayloadHash {
         let mut buf = Vec::with_capacity(raw.len());
         canonicalize_into(raw, &mut buf)?;
         Ok(Self::of_canonical(&buf))
-    }
-
-    /// Hashes a parsed JSON value.
-    pub fn of_value(value: &Value) -> Self {
-        let mut buf = Vec::new();
-        write_canonical(value, &mut buf);
-        Self::of_canonical(&buf)
     }
 
     /// Wire form: standard base64 of the 32 raw bytes.
@@ -128,9 +120,9 @@ impl<'de> Deserialize<'de> for PayloadHash {
 
 /// Writes the canonical JSON of `raw` (JSON text) into `out`.
 pub fn canonicalize_into(raw: &str, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
-    let value: Value = serde_json::from_str(raw).map_err(|e| ProtocolError::json("payload", e))?;
-    write_canonical(&value, out);
-    Ok(())
+    json::parse(raw)
+        .and_then(|v| json::write_canonical(&v, out))
+        .map_err(|e| ProtocolError::malformed("payload", e))
 }
 
 /// Canonical JSON of `raw` as a string.
@@ -144,85 +136,15 @@ pub fn canonical_json(raw: &str) -> Result<String, ProtocolError> {
     })
 }
 
-/// Writes the canonical form of a parsed value.
-pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
-        Value::String(s) => write_string(s, out),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        Value::Object(map) => {
-            // Sort explicitly by UTF-8 bytes. serde_json's default Map is a BTreeMap (already
-            // in this order), but any crate in a build enabling serde_json's
-            // `preserve_order` feature (feature unification) would silently turn it into
-            // insertion order and change every hash.
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                write_canonical(v, out);
-            }
-            out.push(b'}');
-        }
-    }
-}
-
-fn write_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x00..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
-
 /// A payload's JSON text; `null` when the wire had none (tombstones, omitted payloads).
-pub fn payload_text(raw: Option<&RawValue>) -> &str {
-    raw.map_or("null", RawValue::get)
+pub fn payload_text(raw: Option<&RawJson>) -> &str {
+    raw.map_or("null", RawJson::get)
 }
 
 /// The payload's JSON text as an owned `String`, reusing the decoded buffer (no copy);
 /// `null` when absent.
-pub fn into_payload_string(raw: Option<Box<RawValue>>) -> String {
-    raw.map_or_else(|| "null".to_owned(), |r| String::from(Box::<str>::from(r)))
+pub fn into_payload_string(raw: Option<RawJson>) -> String {
+    raw.map_or_else(|| "null".to_owned(), RawJson::into_string)
 }
 
 /// True when there is nothing to check (`expected` is `None`) or the canonical hash of
@@ -242,7 +164,7 @@ pub fn matches(payload: &str, expected: Option<&PayloadHash>) -> bool {
 
 /// Verifies a raw payload against an expected hash. `None` means the server sent no hash
 /// (`payload_hash: null`): nothing to check.
-pub fn verify(raw: &RawValue, expected: Option<&PayloadHash>) -> Result<bool, ProtocolError> {
+pub fn verify(raw: &RawJson, expected: Option<&PayloadHash>) -> Result<bool, ProtocolError> {
     match expected {
         None => Ok(true),
         Some(h) => Ok(PayloadHash::of_canonical(raw.get().as_bytes()) == *h

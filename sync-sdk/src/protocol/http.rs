@@ -1,9 +1,8 @@
 //! HTTP bodies besides the token: snapshot pages (§3), hydration (§4), error bodies.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
-use super::{DecodeLimits, DocKey, PayloadHash, ProtocolError, Topic, Watermark};
+use super::json::{self, need, set, Reader, Res};
+use super::update::{read_doc_key, read_hash, read_payload};
+use super::{DecodeLimits, DocKey, PayloadHash, ProtocolError, RawJson, Topic, Watermark};
 
 /// Snapshot route prefix: `GET {base}/api/sync/snapshot/{topic}`.
 pub const SNAPSHOT_PATH: &str = "/api/sync/snapshot";
@@ -11,22 +10,20 @@ pub const SNAPSHOT_PATH: &str = "/api/sync/snapshot";
 pub const DOC_PATH: &str = "/api/sync/doc";
 
 /// One document of a snapshot page (always inline).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct SnapshotDoc {
     /// Key.
     pub doc_key: DocKey,
     /// Version.
     pub doc_version: u64,
     /// Payload as raw JSON (`None` = JSON null).
-    #[serde(default)]
-    pub payload: Option<Box<RawValue>>,
+    pub payload: Option<RawJson>,
     /// Expected hash (`None` = no check).
-    #[serde(default)]
     pub payload_hash: Option<PayloadHash>,
 }
 
 /// A snapshot page; every page of one snapshot is pinned to `snapshot_watermark`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct SnapshotPage {
     /// The topic.
     pub topic: Topic,
@@ -35,26 +32,80 @@ pub struct SnapshotPage {
     /// Documents of this page.
     pub docs: Vec<SnapshotDoc>,
     /// Cursor of the next page; `None` on the last page.
-    #[serde(default)]
     pub next_cursor: Option<String>,
 }
 
 /// The hydration route's answer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct DocResponse {
     /// Key.
     pub doc_key: DocKey,
     /// Latest version on the server (may be newer than the update that asked).
     pub doc_version: u64,
     /// Full payload.
-    #[serde(default)]
-    pub payload: Option<Box<RawValue>>,
+    pub payload: Option<RawJson>,
     /// Hash of this version's payload.
-    #[serde(default)]
     pub payload_hash: Option<PayloadHash>,
     /// Watermark of this version.
-    #[serde(default)]
     pub watermark: Option<Watermark>,
+}
+
+/// The fields of a document object (snapshot docs and the hydration answer).
+struct DocFields {
+    doc_key: DocKey,
+    doc_version: u64,
+    payload: Option<RawJson>,
+    payload_hash: Option<PayloadHash>,
+    watermark: Option<Watermark>,
+}
+
+fn read_doc(r: &mut Reader<'_>) -> Res<DocFields> {
+    let (mut key, mut version, mut payload, mut hash, mut mark) = (None, None, None, None, None);
+    r.object(&mut |r, k| match k {
+        "doc_key" => set(&mut key, read_doc_key(r, k)?, k),
+        "doc_version" => set(&mut version, r.uint(k)?, k),
+        "payload" => set(&mut payload, read_payload(r)?, k),
+        "payload_hash" => set(&mut hash, read_hash(r, k)?, k),
+        "watermark" => set(&mut mark, r.opt_uint(k)?, k),
+        _ => r.skip(),
+    })?;
+    Ok(DocFields {
+        doc_key: need(key, "doc_key")?,
+        doc_version: need(version, "doc_version")?,
+        payload: payload.flatten(),
+        payload_hash: hash.flatten(),
+        watermark: mark.flatten().map(Watermark),
+    })
+}
+
+fn read_page(r: &mut Reader<'_>) -> Res<SnapshotPage> {
+    let (mut topic, mut mark, mut docs, mut next) = (None, None, None, None);
+    r.object(&mut |r, k| match k {
+        "topic" => set(&mut topic, json::read_topic(r, k)?, k),
+        "snapshot_watermark" => set(&mut mark, r.uint(k)?, k),
+        "docs" => {
+            let mut list = Vec::new();
+            r.list(k, &mut |r| {
+                let d = read_doc(r)?;
+                list.push(SnapshotDoc {
+                    doc_key: d.doc_key,
+                    doc_version: d.doc_version,
+                    payload: d.payload,
+                    payload_hash: d.payload_hash,
+                });
+                Ok(())
+            })?;
+            set(&mut docs, list, k)
+        }
+        "next_cursor" => set(&mut next, r.opt_str(k)?.map(String::from), k),
+        _ => r.skip(),
+    })?;
+    Ok(SnapshotPage {
+        topic: need(topic, "topic")?,
+        snapshot_watermark: Watermark(need(mark, "snapshot_watermark")?),
+        docs: need(docs, "docs")?,
+        next_cursor: next.flatten(),
+    })
 }
 
 /// `{"message": …, "error": {"code": …, "message": …}}` (also tolerates `{"error": "code"}`).
@@ -72,7 +123,7 @@ pub fn decode_snapshot_page(
     limits: &DecodeLimits,
 ) -> Result<SnapshotPage, ProtocolError> {
     limits.check("snapshot page", body.len())?;
-    serde_json::from_str(body).map_err(|e| ProtocolError::json("snapshot page", e))
+    json::read_all(body, read_page).map_err(|e| ProtocolError::malformed("snapshot page", e))
 }
 
 /// Decodes a hydration response.
@@ -81,7 +132,15 @@ pub fn decode_doc_response(
     limits: &DecodeLimits,
 ) -> Result<DocResponse, ProtocolError> {
     limits.check("doc response", body.len())?;
-    serde_json::from_str(body).map_err(|e| ProtocolError::json("doc response", e))
+    let d = json::read_all(body, read_doc)
+        .map_err(|e| ProtocolError::malformed("doc response", e))?;
+    Ok(DocResponse {
+        doc_key: d.doc_key,
+        doc_version: d.doc_version,
+        payload: d.payload,
+        payload_hash: d.payload_hash,
+        watermark: d.watermark,
+    })
 }
 
 /// Best-effort decode of an error body; never fails (unknown shapes give empty fields).
@@ -92,8 +151,8 @@ pub fn decode_error_body(body: &str) -> HttpErrorBody {
         let message = opt_string(&mut b, "message")?;
         let (code, inner_msg) = match opt(&mut b, "error") {
             None => (None, None),
-            Some(serde_json::Value::String(c)) => (Some(c), None),
-            Some(serde_json::Value::Object(mut e)) => {
+            Some(json::Value::Str(c)) => (Some(c.into_owned()), None),
+            Some(json::Value::Obj(mut e)) => {
                 (opt_string(&mut e, "code")?, opt_string(&mut e, "message")?)
             }
             Some(_) => return Err(String::new()),

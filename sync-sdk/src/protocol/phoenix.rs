@@ -2,11 +2,12 @@
 //!
 //! Frames are JSON arrays `[join_ref, ref, topic, event, payload]` (Phoenix serializer v2).
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Deserialize;
 
+use super::json::{self, need, set, Reader, Res};
 use super::{
-    DecodeLimits, ProtocolError, ServerError, Topic, TopicWatermark, UpdateBatch, Watermark,
+    DecodeLimits, ProtocolError, RawJson, ServerError, Topic, TopicWatermark, UpdateBatch,
+    Watermark,
 };
 
 /// The channel every sync frame travels on.
@@ -56,21 +57,26 @@ pub struct Reply {
     /// `status == "ok"`.
     pub ok: bool,
     /// The `response` object (absent = `{}`), decoded by the caller who knows what it asked.
-    pub response: Option<Box<RawValue>>,
+    pub response: Option<RawJson>,
+}
+
+/// An ok `response` body [`Reply::decode`] can decode.
+pub trait ReplyBody: Sized {
+    /// Decodes the body from its JSON text (an error names the field, never a value).
+    #[doc(hidden)]
+    fn from_text(text: &str) -> Result<Self, String>;
 }
 
 impl Reply {
     /// Decodes an ok `response` as `T`.
-    pub fn decode<T: for<'de> Deserialize<'de>>(
-        &self,
-        context: &'static str,
-    ) -> Result<T, ProtocolError> {
-        serde_json::from_str(self.response_text()).map_err(|e| ProtocolError::json(context, e))
+    pub fn decode<T: ReplyBody>(&self, context: &'static str) -> Result<T, ProtocolError> {
+        T::from_text(self.response_text())
+            .map_err(|e| ProtocolError::malformed(context, e))
     }
 
     /// The raw `response` JSON text (`{}` when absent).
     pub fn response_text(&self) -> &str {
-        self.response.as_deref().map_or("{}", RawValue::get)
+        self.response.as_ref().map_or("{}", RawJson::get)
     }
 
     /// Decodes an error `response` as a [`ServerError`].
@@ -80,123 +86,165 @@ impl Reply {
 }
 
 /// Ok response to `phx_join`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct JoinOk {
     /// Server-side subscription id.
-    #[serde(default)]
     pub subscription_id: Option<String>,
     /// Topics the token allows.
-    #[serde(default)]
     pub allowed_topics: Vec<Topic>,
     /// Server heads at join time.
-    #[serde(default)]
     pub current_watermarks: Vec<TopicWatermark>,
 }
 
 /// Ok response to `sync:subscribe` (sent after the replay batches).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct SubscribeOk {
     /// Server-side subscription id.
-    #[serde(default)]
     pub subscription_id: Option<String>,
     /// Subscribed topics.
-    #[serde(default)]
     pub topics: Vec<Topic>,
     /// Heads of the requested topics.
-    #[serde(default)]
     pub current_watermarks: Vec<TopicWatermark>,
 }
 
 /// Ok response to `sync:unsubscribe`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct UnsubscribeOk {
     /// Topics still subscribed.
-    #[serde(default)]
     pub topics: Vec<Topic>,
 }
 
 /// Ok response to a client `sync:heartbeat` (delivered watermarks: informational only).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct HeartbeatOk {
     /// Delivered watermarks.
-    #[serde(default)]
     pub watermarks: Vec<TopicWatermark>,
 }
 
-#[derive(Deserialize)]
-struct ReplyPayload {
-    status: String,
-    #[serde(default)]
-    response: Option<Box<RawValue>>,
+/// The fields the reply bodies share: `subscription_id`, a topic list under `topics_key`,
+/// and a watermark list under `marks_key` (each absent = empty).
+type ReplyFields = (Option<String>, Vec<Topic>, Vec<TopicWatermark>);
+
+fn read_reply(r: &mut Reader<'_>, topics_key: &str, marks_key: &str) -> Res<ReplyFields> {
+    let (mut id, mut topics, mut marks) = (None, None, None);
+    r.object(&mut |r, k| {
+        if k == "subscription_id" {
+            set(&mut id, r.opt_str(k)?.map(String::from), k)
+        } else if k == topics_key {
+            set(&mut topics, json::read_topics(r, k)?, k)
+        } else if k == marks_key {
+            set(&mut marks, json::read_watermarks(r, k)?, k)
+        } else {
+            r.skip()
+        }
+    })?;
+    Ok((
+        id.flatten(),
+        topics.unwrap_or_default(),
+        marks.unwrap_or_default(),
+    ))
 }
 
-#[derive(Deserialize)]
-struct HeartbeatPush {
-    #[serde(default)]
-    watermarks: Vec<TopicWatermark>,
+impl ReplyBody for JoinOk {
+    fn from_text(text: &str) -> Res<Self> {
+        let r = &mut Reader::new(text);
+        let (subscription_id, allowed_topics, current_watermarks) =
+            read_reply(r, "allowed_topics", "current_watermarks")?;
+        r.end()?;
+        Ok(JoinOk {
+            subscription_id,
+            allowed_topics,
+            current_watermarks,
+        })
+    }
+}
+
+impl ReplyBody for SubscribeOk {
+    fn from_text(text: &str) -> Res<Self> {
+        let r = &mut Reader::new(text);
+        let (subscription_id, topics, current_watermarks) =
+            read_reply(r, "topics", "current_watermarks")?;
+        r.end()?;
+        Ok(SubscribeOk {
+            subscription_id,
+            topics,
+            current_watermarks,
+        })
+    }
+}
+
+impl ReplyBody for UnsubscribeOk {
+    fn from_text(text: &str) -> Res<Self> {
+        let r = &mut Reader::new(text);
+        let (_, topics, _) = read_reply(r, "topics", "")?;
+        r.end()?;
+        Ok(UnsubscribeOk { topics })
+    }
+}
+
+impl ReplyBody for HeartbeatOk {
+    fn from_text(text: &str) -> Res<Self> {
+        let r = &mut Reader::new(text);
+        let (_, _, watermarks) = read_reply(r, "", "watermarks")?;
+        r.end()?;
+        Ok(HeartbeatOk { watermarks })
+    }
 }
 
 /// A frame's payload: update batches are decoded in the same pass as the envelope (they are
 /// nearly every frame during a replay); everything else is kept raw and decoded by event.
-enum FramePayload {
+enum FramePayload<'a> {
     Batch(UpdateBatch),
-    Raw(Box<RawValue>),
+    Raw(&'a str),
 }
 
-struct Frame {
+struct Frame<'a> {
     join_ref: Option<String>,
     reference: Option<String>,
     topic: String,
     event: String,
-    payload: FramePayload,
+    payload: FramePayload<'a>,
 }
 
-impl<'de> Deserialize<'de> for Frame {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{Error, IgnoredAny, SeqAccess, Visitor};
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Frame;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a Phoenix v2 frame [join_ref, ref, topic, event, payload]")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Frame, A::Error> {
-                let join_ref: Option<String> = seq
-                    .next_element()?
-                    .ok_or_else(|| Error::invalid_length(0, &self))?;
-                let reference: Option<String> = seq
-                    .next_element()?
-                    .ok_or_else(|| Error::invalid_length(1, &self))?;
-                let topic: String = seq
-                    .next_element()?
-                    .ok_or_else(|| Error::invalid_length(2, &self))?;
-                let event: String = seq
-                    .next_element()?
-                    .ok_or_else(|| Error::invalid_length(3, &self))?;
-                let payload = if event == "sync:update_batch" {
-                    FramePayload::Batch(
-                        seq.next_element()?
-                            .ok_or_else(|| Error::invalid_length(4, &self))?,
-                    )
+/// Reads `[join_ref, ref, topic, event, payload]`.
+fn read_frame<'a>(r: &mut Reader<'a>) -> Res<Frame<'a>> {
+    const SHAPE: &str = "expected a Phoenix v2 frame [join_ref, ref, topic, event, payload]";
+    let mut n = 0;
+    let (mut join_ref, mut reference, mut topic, mut event, mut payload) =
+        (None, None, None, None, None);
+    if r.peek() != Some(b'[') {
+        return Err(SHAPE.into());
+    }
+    r.array(&mut |r| {
+        match n {
+            0 => join_ref = r.opt_str("join_ref")?.map(String::from),
+            1 => reference = r.opt_str("ref")?.map(String::from),
+            2 => topic = Some(r.str("topic")?.into_owned()),
+            3 => event = Some(r.str("event")?.into_owned()),
+            4 => {
+                payload = Some(if event.as_deref() == Some("sync:update_batch") {
+                    if r.peek() != Some(b'{') {
+                        return Err(json::wrong("payload", "an object"));
+                    }
+                    FramePayload::Batch(UpdateBatch::read(r)?)
                 } else {
-                    FramePayload::Raw(
-                        seq.next_element()?
-                            .ok_or_else(|| Error::invalid_length(4, &self))?,
-                    )
-                };
-                if seq.next_element::<IgnoredAny>()?.is_some() {
-                    return Err(Error::invalid_length(6, &self));
-                }
-                Ok(Frame {
-                    join_ref,
-                    reference,
-                    topic,
-                    event,
-                    payload,
-                })
+                    FramePayload::Raw(r.raw()?)
+                });
             }
+            _ => return Err(SHAPE.into()),
         }
-        d.deserialize_seq(V)
+        n += 1;
+        Ok(())
+    })?;
+    match (topic, event, payload) {
+        (Some(topic), Some(event), Some(payload)) => Ok(Frame {
+            join_ref,
+            reference,
+            topic,
+            event,
+            payload,
+        }),
+        _ => Err(SHAPE.into()),
     }
 }
 
@@ -209,7 +257,7 @@ pub fn decode(text: &str, limits: &DecodeLimits) -> Result<ServerMessage, Protoc
         topic,
         event,
         payload,
-    } = serde_json::from_str(text).map_err(|e| ProtocolError::json("phoenix frame", e))?;
+    } = json::read_all(text, read_frame).map_err(|e| ProtocolError::malformed("phoenix frame", e))?;
     let payload = match payload {
         FramePayload::Batch(batch) => return Ok(ServerMessage::UpdateBatch(batch)),
         FramePayload::Raw(p) => p,
@@ -217,8 +265,16 @@ pub fn decode(text: &str, limits: &DecodeLimits) -> Result<ServerMessage, Protoc
     let ctx = "phoenix payload";
     match event.as_str() {
         "phx_reply" => {
-            let p: ReplyPayload =
-                serde_json::from_str(payload.get()).map_err(|e| ProtocolError::json(ctx, e))?;
+            let (mut status, mut response) = (None, None);
+            json::read_all(payload, |r| {
+                r.object(&mut |r, k| match k {
+                    "status" => set(&mut status, r.str(k)?.into_owned(), k),
+                    "response" => set(&mut response, super::update::read_payload(r)?, k),
+                    _ => r.skip(),
+                })
+            })
+            .and_then(|()| need(status.as_ref(), "status").map(drop))
+            .map_err(|e| ProtocolError::malformed(ctx, e))?;
             let reference = reference.ok_or_else(|| ProtocolError::Malformed {
                 context: "phx_reply",
                 detail: "reply without ref".into(),
@@ -227,14 +283,14 @@ pub fn decode(text: &str, limits: &DecodeLimits) -> Result<ServerMessage, Protoc
                 join_ref,
                 reference,
                 topic,
-                ok: p.status == "ok",
-                response: p.response,
+                ok: status.as_deref() == Some("ok"),
+                response: response.flatten(),
             }))
         }
-        "sync:error" => Ok(ServerMessage::Error(ServerError::from_json(payload.get())?)),
+        "sync:error" => Ok(ServerMessage::Error(ServerError::from_json(payload)?)),
         "sync:heartbeat" => {
-            let hb: HeartbeatPush = serde_json::from_str(payload.get())
-                .map_err(|e| ProtocolError::json("sync:heartbeat", e))?;
+            let hb = HeartbeatOk::from_text(payload)
+                .map_err(|e| ProtocolError::malformed("sync:heartbeat", e))?;
             Ok(ServerMessage::Heartbeat {
                 watermarks: hb.watermarks,
             })
@@ -246,26 +302,44 @@ pub fn decode(text: &str, limits: &DecodeLimits) -> Result<ServerMessage, Protoc
     }
 }
 
-/// `resume_after` map form: `{topic: n}` for topics that have a cursor. Topics absent from
-/// it replay from 0 without a staleness check (§2.2).
-#[derive(Debug, Clone, Serialize)]
-struct SubscribePayload<'a> {
-    topics: &'a [Topic],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    resume_after: Option<std::collections::BTreeMap<&'a str, u64>>,
-    replay_batch_size: u32,
-}
-
-fn frame<P: Serialize>(
+/// `[join_ref, ref, topic, event, payload]` with `payload` already JSON text. Written by
+/// hand (a handful of strings): no serializer in the web package for five outbound frames.
+fn frame(
     join_ref: Option<&str>,
     reference: &str,
     topic: &str,
     event: &str,
-    payload: &P,
+    payload: &str,
 ) -> String {
-    // Serializing plain strings/maps into a String cannot fail.
-    serde_json::to_string(&(join_ref, reference, topic, event, payload))
-        .unwrap_or_else(|_| String::from("[]"))
+    let mut out = Vec::with_capacity(48 + reference.len() + payload.len());
+    out.push(b'[');
+    match join_ref {
+        Some(j) => json::write_str(j, &mut out),
+        None => out.extend_from_slice(b"null"),
+    }
+    for s in [reference, topic, event] {
+        out.push(b',');
+        json::write_str(s, &mut out);
+    }
+    out.push(b',');
+    out.extend_from_slice(payload.as_bytes());
+    out.push(b']');
+    // Valid UTF-8 in, ASCII escapes added.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `{"topics":[…]` — the opening of the subscribe and unsubscribe payloads (object left open).
+fn topics_json(topics: &[Topic]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + topics.len() * 24);
+    out.extend_from_slice(b"{\"topics\":[");
+    for (i, t) in topics.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::write_str(t.as_str(), &mut out);
+    }
+    out.push(b']');
+    out
 }
 
 /// `phx_join` on `sync:v1`; its `reference` becomes the channel's join ref.
@@ -275,7 +349,7 @@ pub fn encode_join(join_ref: &str) -> String {
         join_ref,
         CHANNEL,
         "phx_join",
-        &serde_json::json!({}),
+        "{}",
     )
 }
 
@@ -287,26 +361,35 @@ pub fn encode_subscribe(
     resume_after: &[(Topic, Watermark)],
     replay_batch_size: u32,
 ) -> String {
-    let resume = if resume_after.is_empty() {
-        None
-    } else {
-        Some(
-            resume_after
-                .iter()
-                .map(|(t, w)| (t.as_str(), w.get()))
-                .collect(),
-        )
-    };
+    let mut p = topics_json(topics);
+    if !resume_after.is_empty() {
+        // Map form, keys in byte order, a repeated topic once (its last cursor).
+        let mut resume: Vec<(&str, u64)> =
+            resume_after.iter().map(|(t, w)| (t.as_str(), w.get())).collect();
+        resume.sort_by(|a, b| a.0.cmp(b.0));
+        p.extend_from_slice(b",\"resume_after\":{");
+        let mut first = true;
+        for (i, (t, w)) in resume.iter().enumerate() {
+            if resume.get(i + 1).is_some_and(|n| n.0 == *t) {
+                continue;
+            }
+            if !first {
+                p.push(b',');
+            }
+            first = false;
+            json::write_str(t, &mut p);
+            p.push(b':');
+            p.extend_from_slice(w.to_string().as_bytes());
+        }
+        p.push(b'}');
+    }
+    p.extend_from_slice(format!(",\"replay_batch_size\":{replay_batch_size}}}").as_bytes());
     frame(
         Some(join_ref),
         reference,
         CHANNEL,
         "sync:subscribe",
-        &SubscribePayload {
-            topics,
-            resume_after: resume,
-            replay_batch_size,
-        },
+        std::str::from_utf8(&p).unwrap_or("{}"),
     )
 }
 
@@ -317,7 +400,11 @@ pub fn encode_unsubscribe(join_ref: &str, reference: &str, topics: &[Topic]) -> 
         reference,
         CHANNEL,
         "sync:unsubscribe",
-        &serde_json::json!({ "topics": topics }),
+        {
+            let mut p = topics_json(topics);
+            p.push(b'}');
+            &String::from_utf8(p).unwrap_or_default()
+        },
     )
 }
 
@@ -328,7 +415,7 @@ pub fn encode_heartbeat(join_ref: &str, reference: &str) -> String {
         reference,
         CHANNEL,
         "sync:heartbeat",
-        &serde_json::json!({}),
+        "{}",
     )
 }
 
@@ -339,7 +426,7 @@ pub fn encode_leave(join_ref: &str, reference: &str) -> String {
         reference,
         CHANNEL,
         "phx_leave",
-        &serde_json::json!({}),
+        "{}",
     )
 }
 

@@ -55,6 +55,54 @@ pub struct TokenRequest {
     pub device_id: Option<String>,
 }
 
+impl TokenRequest {
+    /// The request body as JSON, fields in declaration order, absent ones left out (what the
+    /// derived `Serialize` writes; by hand so the web package links no serializer).
+    pub fn to_json(&self) -> String {
+        use super::json::write_str;
+        let mut out = Vec::with_capacity(64);
+        let mut sep = b'{';
+        let mut field = |out: &mut Vec<u8>, name: &str| {
+            out.push(sep);
+            sep = b',';
+            write_str(name, out);
+            out.push(b':');
+        };
+        let list = |out: &mut Vec<u8>, items: &mut dyn Iterator<Item = &str>| {
+            out.push(b'[');
+            for (i, s) in items.enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(s, out);
+            }
+            out.push(b']');
+        };
+        if let Some(scopes) = &self.scopes {
+            field(&mut out, "scopes");
+            list(&mut out, &mut scopes.iter().map(String::as_str));
+        }
+        if let Some(topics) = &self.topics {
+            field(&mut out, "topics");
+            list(&mut out, &mut topics.iter().map(Topic::as_str));
+        }
+        if let Some(ttl) = self.ttl_seconds {
+            field(&mut out, "ttl_seconds");
+            out.extend_from_slice(ttl.to_string().as_bytes());
+        }
+        if let Some(d) = &self.device_id {
+            field(&mut out, "device_id");
+            write_str(d, &mut out);
+        }
+        if sep == b'{' {
+            out.push(b'{');
+        }
+        out.push(b'}');
+        // Valid UTF-8 in, ASCII escapes added.
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
 /// A granted topic: objects `{topic, required_scope}` or plain strings are both accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -161,9 +209,9 @@ fn grant_of(body: &str) -> Result<TokenGrant, String> {
     use super::json::{list, obj, object, opt_string, opt_uint, string, take, topic, uint};
     let mut d = obj(take(&mut object(body)?, "data")?, "data")?;
     // Errors name `granted_topics`, also for an object's inner `topic`.
-    let granted = |v: serde_json::Value, key: &str| -> Result<GrantedTopic, String> {
+    let granted = |v: super::json::Value<'_>, key: &str| -> Result<GrantedTopic, String> {
         match v {
-            serde_json::Value::Object(mut o) => Ok(GrantedTopic::Object {
+            super::json::Value::Obj(mut o) => Ok(GrantedTopic::Object {
                 topic: topic(take(&mut o, "topic")?, key)?,
                 required_scope: opt_string(&mut o, "required_scope")?,
             }),
@@ -209,11 +257,11 @@ pub struct UnverifiedClaims {
 
 /// Reads [`UnverifiedClaims`] from a JWT (`header.payload.signature`, base64url payload).
 pub fn unverified_claims(token: &SyncToken) -> UnverifiedClaims {
+    use super::json::Value;
     use base64::Engine as _;
-    use serde_json::Value;
-    let text = |v: Option<Value>| match v {
-        Some(Value::String(s)) => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
+    let text = |v: Option<Value<'_>>| match v {
+        Some(Value::Str(s)) => Some(s.into_owned()),
+        Some(Value::Num(n)) => super::json::number_text(n),
         _ => None,
     };
     let Some(payload) = token.expose().split('.').nth(1) else {

@@ -35,6 +35,19 @@ impl Topic {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A topic name read off the wire: a replay repeats one topic in every update, so the
+    /// topic decoded last on this thread is reused instead of allocating a string per update.
+    pub(crate) fn from_wire(s: &str) -> Result<Self, InvalidName> {
+        let cached = LAST_TOPIC.with(|c| c.borrow().as_ref().filter(|t| t.as_str() == s).cloned());
+        if let Some(t) = cached {
+            return Ok(t);
+        }
+        Self::check(s)?;
+        let t = Topic(Arc::from(s));
+        LAST_TOPIC.with(|c| *c.borrow_mut() = Some(t.clone()));
+        Ok(t)
+    }
 }
 
 impl Serialize for Topic {
@@ -58,15 +71,7 @@ impl<'de> Deserialize<'de> for Topic {
                 f.write_str("a topic name")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Topic, E> {
-                let cached =
-                    LAST_TOPIC.with(|c| c.borrow().as_ref().filter(|t| t.as_str() == s).cloned());
-                if let Some(t) = cached {
-                    return Ok(t);
-                }
-                Topic::check(s).map_err(E::custom)?;
-                let t = Topic(Arc::from(s));
-                LAST_TOPIC.with(|c| *c.borrow_mut() = Some(t.clone()));
-                Ok(t)
+                Topic::from_wire(s).map_err(E::custom)
             }
         }
         d.deserialize_str(V)

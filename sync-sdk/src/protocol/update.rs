@@ -2,12 +2,12 @@
 //! dialect delivered them.
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
-use super::{DocKey, PayloadHash, Topic, Watermark};
+use super::json::{self, need, set, Reader, Res};
+use super::{DocKey, PayloadHash, RawJson, Topic, Watermark};
 
 /// One change to one document at one position of a topic's sequence (PROTOCOL.md §2.3).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Update {
     /// The topic.
     pub topic: Topic,
@@ -17,19 +17,69 @@ pub struct Update {
     pub doc_version: u64,
     /// Inline payload as raw JSON text. `None` when the wire said `null` or omitted it
     /// (tombstones, hydration-required updates).
-    #[serde(default)]
-    pub payload: Option<Box<RawValue>>,
+    pub payload: Option<RawJson>,
     /// Expected hash of the payload; `None` = no check.
-    #[serde(default)]
     pub payload_hash: Option<PayloadHash>,
     /// Position of this update in the topic sequence.
     pub watermark: Watermark,
     /// The payload is too large to inline: fetch it from the doc route (§4).
-    #[serde(default)]
     pub hydration_required: bool,
     /// Tombstone: the document is removed (khala-sync extension).
-    #[serde(default)]
     pub deleted: bool,
+}
+
+/// A `payload_hash` field: `null` is none.
+pub(crate) fn read_hash(r: &mut Reader<'_>, key: &str) -> Res<Option<PayloadHash>> {
+    match r.opt_str(key)? {
+        None => Ok(None),
+        Some(s) => PayloadHash::parse(&s)
+            .map(Some)
+            .map_err(|e| format!("`{key}`: {e}")),
+    }
+}
+
+/// A payload field: `null` is none, anything else is kept as its exact text.
+pub(crate) fn read_payload(r: &mut Reader<'_>) -> Res<Option<RawJson>> {
+    if r.null()? {
+        return Ok(None);
+    }
+    r.raw().map(|t| Some(RawJson::checked(t)))
+}
+
+/// A document key field.
+pub(crate) fn read_doc_key(r: &mut Reader<'_>, key: &str) -> Res<DocKey> {
+    let s = r.str(key)?;
+    DocKey::new(s.into_owned()).map_err(|e| format!("`{key}`: {e}"))
+}
+
+impl Update {
+    /// Reads one update object.
+    pub(crate) fn read(r: &mut Reader<'_>) -> Res<Update> {
+        let (mut topic, mut doc_key, mut doc_version, mut payload, mut payload_hash) =
+            (None, None, None, None, None);
+        let (mut watermark, mut hydration_required, mut deleted) = (None, None, None);
+        r.object(&mut |r, k| match k {
+            "topic" => set(&mut topic, json::read_topic(r, k)?, k),
+            "doc_key" => set(&mut doc_key, read_doc_key(r, k)?, k),
+            "doc_version" => set(&mut doc_version, r.uint(k)?, k),
+            "payload" => set(&mut payload, read_payload(r)?, k),
+            "payload_hash" => set(&mut payload_hash, read_hash(r, k)?, k),
+            "watermark" => set(&mut watermark, r.uint(k)?, k),
+            "hydration_required" => set(&mut hydration_required, r.bool(k)?, k),
+            "deleted" => set(&mut deleted, r.bool(k)?, k),
+            _ => r.skip(),
+        })?;
+        Ok(Update {
+            topic: need(topic, "topic")?,
+            doc_key: need(doc_key, "doc_key")?,
+            doc_version: need(doc_version, "doc_version")?,
+            payload: payload.flatten(),
+            payload_hash: payload_hash.flatten(),
+            watermark: Watermark(need(watermark, "watermark")?),
+            hydration_required: hydration_required.unwrap_or(false),
+            deleted: deleted.unwrap_or(false),
+        })
+    }
 }
 
 /// A `{topic, watermark}` pair as servers report them.
@@ -42,16 +92,39 @@ pub struct TopicWatermark {
 }
 
 /// A page of updates for one topic.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct UpdateBatch {
     /// Updates in ascending watermark order (the engine re-checks).
     pub updates: Vec<Update>,
     /// True once this batch reaches the topic head (live pushes carry `true`).
-    #[serde(default)]
     pub replay_complete: bool,
     /// The server's head per topic at the time of the batch.
-    #[serde(default)]
     pub head_watermarks: Vec<TopicWatermark>,
+}
+
+impl UpdateBatch {
+    /// Reads one `sync:update_batch` payload object.
+    pub(crate) fn read(r: &mut Reader<'_>) -> Res<UpdateBatch> {
+        let (mut updates, mut replay_complete, mut head_watermarks) = (None, None, None);
+        r.object(&mut |r, k| match k {
+            "updates" => {
+                let mut list = Vec::new();
+                r.list(k, &mut |r| {
+                    list.push(Update::read(r)?);
+                    Ok(())
+                })?;
+                set(&mut updates, list, k)
+            }
+            "replay_complete" => set(&mut replay_complete, r.bool(k)?, k),
+            "head_watermarks" => set(&mut head_watermarks, json::read_watermarks(r, k)?, k),
+            _ => r.skip(),
+        })?;
+        Ok(UpdateBatch {
+            updates: need(updates, "updates")?,
+            replay_complete: replay_complete.unwrap_or(false),
+            head_watermarks: head_watermarks.unwrap_or_default(),
+        })
+    }
 }
 
 /// One stale topic in a `stale_cursor` error.
@@ -242,7 +315,7 @@ impl ServerError {
     /// Decodes an error object `{ "code": …, … }`: one parse into a `serde_json::Value`
     /// and a walk over it (`protocol::json`), not a derived visitor per error shape.
     pub fn from_json(text: &str) -> Result<ServerError, super::ProtocolError> {
-        let mut o = super::json::object(text)
+        let mut o = json::object(text)
             .map_err(|e| super::ProtocolError::malformed("sync:error", e))?;
         error_of(&mut o).map_err(|e| super::ProtocolError::malformed("sync:error", e))
     }
@@ -262,14 +335,14 @@ impl ServerError {
     }
 }
 
-fn error_of(o: &mut super::json::Obj) -> Result<ServerError, String> {
+fn error_of(o: &mut json::Obj<'_>) -> Result<ServerError, String> {
     use super::json::{list, obj, opt, opt_string, opt_uint, string, take, topic as topic_of};
     let code = string(take(o, "code")?, "code")?;
     let message = opt_string(o, "message")?.unwrap_or_default();
     let reason = opt_string(o, "reason")?;
     let forbidden_topics = list(o, "forbidden_topics", topic_of)?;
     let opt_topic =
-        |o: &mut super::json::Obj| opt(o, "topic").map(|v| topic_of(v, "topic")).transpose();
+        |o: &mut json::Obj<'_>| opt(o, "topic").map(|v| topic_of(v, "topic")).transpose();
     Ok(match code.as_str() {
         "stale_cursor" => ServerError::StaleCursor(StaleCursor {
             message,
