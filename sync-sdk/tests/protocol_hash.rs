@@ -74,7 +74,12 @@ fn every_vector_hash_both_forms() {
             v.name
         );
         let value: serde_json::Value = serde_json::from_str(raw).unwrap();
-        assert_eq!(PayloadHash::of_json_text(&value.to_string()).unwrap(), h, "{}", v.name);
+        assert_eq!(
+            PayloadHash::of_json_text(&value.to_string()).unwrap(),
+            h,
+            "{}",
+            v.name
+        );
         // Both forms parse to the same digest.
         assert_eq!(PayloadHash::parse(&v.sha256).unwrap(), h, "{}", v.name);
         assert_eq!(PayloadHash::parse(&v.wire_base64).unwrap(), h, "{}", v.name);

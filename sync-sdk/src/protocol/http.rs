@@ -132,8 +132,8 @@ pub fn decode_doc_response(
     limits: &DecodeLimits,
 ) -> Result<DocResponse, ProtocolError> {
     limits.check("doc response", body.len())?;
-    let d = json::read_all(body, read_doc)
-        .map_err(|e| ProtocolError::malformed("doc response", e))?;
+    let d =
+        json::read_all(body, read_doc).map_err(|e| ProtocolError::malformed("doc response", e))?;
     Ok(DocResponse {
         doc_key: d.doc_key,
         doc_version: d.doc_version,

@@ -75,6 +75,34 @@ impl fmt::Display for RawJson {
     }
 }
 
+/// The index of the first byte at or after `i` that ends a plain run inside a string: `"`,
+/// `\\` or a control character (`b.len()` if none). Eight bytes per step (the usual
+/// zero-byte bit trick: the lowest flagged byte of each mask is exact).
+fn plain_run_end(b: &[u8], mut i: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(a);
+        let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+        let m = zero(v ^ (LO * u64::from(b'"')))
+            | zero(v ^ (LO * u64::from(b'\\')))
+            | (v.wrapping_sub(LO * 0x20) & !v & HI);
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return i;
+        }
+        i += 1;
+    }
+    i
+}
+
 /// A streaming reader over one JSON text.
 pub(crate) struct Reader<'a> {
     s: &'a str,
@@ -196,12 +224,28 @@ impl<'a> Reader<'a> {
             return self.wrong_type(key, "a non-negative integer");
         }
         let start = self.i;
-        let text = self.number()?;
-        if text.len() > 20 || text.bytes().any(|c| !c.is_ascii_digit()) {
-            return Err(at(&wrong(key, "a non-negative integer"), start));
+        // Fast path: plain digits (the usual case), accumulated while scanning.
+        let b = self.bytes();
+        let mut n: u64 = 0;
+        let mut i = start;
+        while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            match n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(c - b'0')))
+            {
+                Some(v) => n = v,
+                None => break,
+            }
+            i += 1;
         }
-        text.parse::<u64>()
-            .map_err(|_| at(&wrong(key, "a non-negative integer"), start))
+        let plain = !matches!(b.get(i), Some(b'0'..=b'9' | b'.' | b'e' | b'E'));
+        if plain && (b[start] != b'0' || i == start + 1) {
+            self.i = i;
+            return Ok(n);
+        }
+        // Leading zero, fraction, exponent or overflow: check the grammar, then refuse.
+        self.number()?;
+        Err(at(&wrong(key, "a non-negative integer"), start))
     }
 
     /// A string (escapes decoded; borrowed when it has none).
@@ -378,6 +422,7 @@ impl<'a> Reader<'a> {
         let b = self.bytes();
         let mut i = self.i + 1;
         loop {
+            i = plain_run_end(b, i);
             match b.get(i) {
                 None => return Err(at("EOF while parsing a string", i)),
                 Some(b'"') => break,
@@ -398,7 +443,9 @@ impl<'a> Reader<'a> {
         match b.get(i + 1) {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
             Some(b'u') => {
-                let hex = b.get(i + 2..i + 6).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+                let hex = b
+                    .get(i + 2..i + 6)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
                 hex.map(|_| i + 6).ok_or_else(|| at("invalid escape", i))
             }
             _ => Err(at("invalid escape", i)),
@@ -418,6 +465,7 @@ impl<'a> Reader<'a> {
         let mut i = start;
         // Fast path: no escape before the closing quote.
         loop {
+            i = plain_run_end(b, i);
             match b.get(i) {
                 None => return Err(at("EOF while parsing a string", i)),
                 Some(b'"') => {
@@ -666,8 +714,9 @@ pub(crate) fn list<'a, T>(
 /// `v` as a topic name.
 pub(crate) fn topic(v: Value<'_>, key: &str) -> Res<super::Topic> {
     match v {
-        Value::Str(s) => super::Topic::from_wire(&s)
-            .map_err(|_| format!("invalid topic name in `{key}`")),
+        Value::Str(s) => {
+            super::Topic::from_wire(&s).map_err(|_| format!("invalid topic name in `{key}`"))
+        }
         _ => Err(wrong(key, "a string")),
     }
 }
@@ -689,10 +738,7 @@ pub(crate) fn read_topics(r: &mut Reader<'_>, key: &str) -> Res<Vec<super::Topic
 }
 
 /// A `[{topic, watermark}]` list read by a streaming decoder.
-pub(crate) fn read_watermarks(
-    r: &mut Reader<'_>,
-    key: &str,
-) -> Res<Vec<super::TopicWatermark>> {
+pub(crate) fn read_watermarks(r: &mut Reader<'_>, key: &str) -> Res<Vec<super::TopicWatermark>> {
     let mut out = Vec::new();
     r.list(key, &mut |r| {
         let (mut topic, mut watermark) = (None, None);
@@ -711,10 +757,7 @@ pub(crate) fn read_watermarks(
 }
 
 /// Reads a whole text with `f` (which reads one value), then checks nothing follows.
-pub(crate) fn read_all<'a, T>(
-    text: &'a str,
-    f: impl FnOnce(&mut Reader<'a>) -> Res<T>,
-) -> Res<T> {
+pub(crate) fn read_all<'a, T>(text: &'a str, f: impl FnOnce(&mut Reader<'a>) -> Res<T>) -> Res<T> {
     let mut r = Reader::new(text);
     let v = f(&mut r)?;
     r.end()?;

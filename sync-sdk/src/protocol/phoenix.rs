@@ -70,8 +70,7 @@ pub trait ReplyBody: Sized {
 impl Reply {
     /// Decodes an ok `response` as `T`.
     pub fn decode<T: ReplyBody>(&self, context: &'static str) -> Result<T, ProtocolError> {
-        T::from_text(self.response_text())
-            .map_err(|e| ProtocolError::malformed(context, e))
+        T::from_text(self.response_text()).map_err(|e| ProtocolError::malformed(context, e))
     }
 
     /// The raw `response` JSON text (`{}` when absent).
@@ -257,7 +256,8 @@ pub fn decode(text: &str, limits: &DecodeLimits) -> Result<ServerMessage, Protoc
         topic,
         event,
         payload,
-    } = json::read_all(text, read_frame).map_err(|e| ProtocolError::malformed("phoenix frame", e))?;
+    } = json::read_all(text, read_frame)
+        .map_err(|e| ProtocolError::malformed("phoenix frame", e))?;
     let payload = match payload {
         FramePayload::Batch(batch) => return Ok(ServerMessage::UpdateBatch(batch)),
         FramePayload::Raw(p) => p,
@@ -344,13 +344,7 @@ fn topics_json(topics: &[Topic]) -> Vec<u8> {
 
 /// `phx_join` on `sync:v1`; its `reference` becomes the channel's join ref.
 pub fn encode_join(join_ref: &str) -> String {
-    frame(
-        Some(join_ref),
-        join_ref,
-        CHANNEL,
-        "phx_join",
-        "{}",
-    )
+    frame(Some(join_ref), join_ref, CHANNEL, "phx_join", "{}")
 }
 
 /// `sync:subscribe` with `resume_after` for every topic that has a committed cursor.
@@ -364,8 +358,10 @@ pub fn encode_subscribe(
     let mut p = topics_json(topics);
     if !resume_after.is_empty() {
         // Map form, keys in byte order, a repeated topic once (its last cursor).
-        let mut resume: Vec<(&str, u64)> =
-            resume_after.iter().map(|(t, w)| (t.as_str(), w.get())).collect();
+        let mut resume: Vec<(&str, u64)> = resume_after
+            .iter()
+            .map(|(t, w)| (t.as_str(), w.get()))
+            .collect();
         resume.sort_by(|a, b| a.0.cmp(b.0));
         p.extend_from_slice(b",\"resume_after\":{");
         let mut first = true;
@@ -395,39 +391,21 @@ pub fn encode_subscribe(
 
 /// `sync:unsubscribe`.
 pub fn encode_unsubscribe(join_ref: &str, reference: &str, topics: &[Topic]) -> String {
-    frame(
-        Some(join_ref),
-        reference,
-        CHANNEL,
-        "sync:unsubscribe",
-        {
-            let mut p = topics_json(topics);
-            p.push(b'}');
-            &String::from_utf8(p).unwrap_or_default()
-        },
-    )
+    frame(Some(join_ref), reference, CHANNEL, "sync:unsubscribe", {
+        let mut p = topics_json(topics);
+        p.push(b'}');
+        &String::from_utf8(p).unwrap_or_default()
+    })
 }
 
 /// Client `sync:heartbeat` `{}`.
 pub fn encode_heartbeat(join_ref: &str, reference: &str) -> String {
-    frame(
-        Some(join_ref),
-        reference,
-        CHANNEL,
-        "sync:heartbeat",
-        "{}",
-    )
+    frame(Some(join_ref), reference, CHANNEL, "sync:heartbeat", "{}")
 }
 
 /// `phx_leave` for an orderly shutdown.
 pub fn encode_leave(join_ref: &str, reference: &str) -> String {
-    frame(
-        Some(join_ref),
-        reference,
-        CHANNEL,
-        "phx_leave",
-        "{}",
-    )
+    frame(Some(join_ref), reference, CHANNEL, "phx_leave", "{}")
 }
 
 /// A `sync:subscribe` payload as a server reads it (PROTOCOL.md §2.2): `resume_after` may be

@@ -315,8 +315,8 @@ impl ServerError {
     /// Decodes an error object `{ "code": …, … }`: one parse into a `serde_json::Value`
     /// and a walk over it (`protocol::json`), not a derived visitor per error shape.
     pub fn from_json(text: &str) -> Result<ServerError, super::ProtocolError> {
-        let mut o = json::object(text)
-            .map_err(|e| super::ProtocolError::malformed("sync:error", e))?;
+        let mut o =
+            json::object(text).map_err(|e| super::ProtocolError::malformed("sync:error", e))?;
         error_of(&mut o).map_err(|e| super::ProtocolError::malformed("sync:error", e))
     }
 

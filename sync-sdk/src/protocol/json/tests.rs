@@ -1,4 +1,5 @@
 //! The reader against `serde_json` as the oracle: same accepted language, same canonical form.
+#![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
 use serde::de::IgnoredAny;
@@ -11,7 +12,9 @@ fn oracle_canonical(text: &str) -> Option<Vec<u8>> {
     fn walk(v: &serde_json::Value, out: &mut Vec<u8>) {
         match v {
             serde_json::Value::Null => out.extend_from_slice(b"null"),
-            serde_json::Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            serde_json::Value::Bool(b) => {
+                out.extend_from_slice(if *b { b"true" } else { b"false" })
+            }
             serde_json::Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
             serde_json::Value::String(s) => write_str(s, out),
             serde_json::Value::Array(a) => {
@@ -63,16 +66,73 @@ fn serde_skips(text: &str) -> bool {
 }
 
 const CASES: &[&str] = &[
-    "0", "-0", "-0.0", "1", "-1", "01", "-", "1.", ".5", "1e", "1e+", "1E5", "1e-7", "2.5E+3",
-    "18446744073709551615", "18446744073709551616", "-9223372036854775808",
-    "-9223372036854775809", "1e400", "-1e400", "1e-400", "123456789012345678901234567890",
-    "0.1", "1.0", "100", "1e21", "1e22", "5e-324", "1.7976931348623157e308", "3.14159",
-    "\"\"", "\"a\\u0041\"", "\"\\ud83d\\ude00\"", "\"\\ud83d\"", "\"\\ude00\"", "\"\\ud83dx\"",
-    "\"\\ud83d\\u0041\"", "\"\\x\"", "\"\\u00G0\"", "\"tab\there\"", "\"\\/\\b\\f\\n\\r\\t\"",
-    "\"é😀\"", "\"\\u0000\"", "[]", "[1,]", "[,1]", "[1 2]", "{}", "{\"a\":1,}", "{\"a\" 1}",
-    "{1:2}", "{\"b\":1,\"a\":2}", "{\"a\":1,\"a\":2}", "{\"a\":{\"z\":[1,{\"y\":null}],\"b\":true}}",
-    " [ 1 , 2 ] ", "[1] x", "", " ", "nul", "nulll", "true", "tru", "false", "[true,false,null]",
-    "{\"\\u0061\":1,\"a\":2}", "{\"é\":1,\"z\":2,\"Z\":3}", "[\"\u{7f}\"]",
+    "0",
+    "-0",
+    "-0.0",
+    "1",
+    "-1",
+    "01",
+    "-",
+    "1.",
+    ".5",
+    "1e",
+    "1e+",
+    "1E5",
+    "1e-7",
+    "2.5E+3",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775808",
+    "-9223372036854775809",
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "123456789012345678901234567890",
+    "0.1",
+    "1.0",
+    "100",
+    "1e21",
+    "1e22",
+    "5e-324",
+    "1.7976931348623157e308",
+    "3.14159",
+    "\"\"",
+    "\"a\\u0041\"",
+    "\"\\ud83d\\ude00\"",
+    "\"\\ud83d\"",
+    "\"\\ude00\"",
+    "\"\\ud83dx\"",
+    "\"\\ud83d\\u0041\"",
+    "\"\\x\"",
+    "\"\\u00G0\"",
+    "\"tab\there\"",
+    "\"\\/\\b\\f\\n\\r\\t\"",
+    "\"é😀\"",
+    "\"\\u0000\"",
+    "[]",
+    "[1,]",
+    "[,1]",
+    "[1 2]",
+    "{}",
+    "{\"a\":1,}",
+    "{\"a\" 1}",
+    "{1:2}",
+    "{\"b\":1,\"a\":2}",
+    "{\"a\":1,\"a\":2}",
+    "{\"a\":{\"z\":[1,{\"y\":null}],\"b\":true}}",
+    " [ 1 , 2 ] ",
+    "[1] x",
+    "",
+    " ",
+    "nul",
+    "nulll",
+    "true",
+    "tru",
+    "false",
+    "[true,false,null]",
+    "{\"\\u0061\":1,\"a\":2}",
+    "{\"é\":1,\"z\":2,\"Z\":3}",
+    "[\"\u{7f}\"]",
 ];
 
 #[test]
@@ -137,7 +197,10 @@ fn uint_and_field_errors() {
 
 #[test]
 fn raw_json_checks_its_text() {
-    assert_eq!(RawJson::from_string(" {\"a\":1} ".into()).unwrap().get(), " {\"a\":1} ");
+    assert_eq!(
+        RawJson::from_string(" {\"a\":1} ".into()).unwrap().get(),
+        " {\"a\":1} "
+    );
     assert!(RawJson::from_string("{\"a\":}".into()).is_err());
     assert!(RawJson::from_string("1 2".into()).is_err());
 }
@@ -170,7 +233,11 @@ fn json_text() -> impl Strategy<Value = String> {
     ]
     .prop_flat_map(|s| {
         let n = s.len();
-        (Just(s), 0..=n, prop_oneof![Just(""), Just(" "), Just(","), Just("\\u0041"), Just("\"")])
+        (
+            Just(s),
+            0..=n,
+            prop_oneof![Just(""), Just(" "), Just(","), Just("\\u0041"), Just("\"")],
+        )
     })
     .prop_map(|(s, at, ins)| {
         // Insert at a char boundary only.
