@@ -22,6 +22,19 @@ fn get(o: &JsValue, k: &str) -> JsValue {
     Reflect::get(o, &k.into()).unwrap()
 }
 
+/// An object's own member names, in order (the shapes the package documents: which members
+/// exist, and `null` rather than absent for an empty optional one).
+fn keys(o: &JsValue) -> Vec<String> {
+    Object::keys(o.unchecked_ref::<Object>())
+        .iter()
+        .filter_map(|k| k.as_string())
+        .collect()
+}
+
+fn json(v: &JsValue) -> String {
+    js_sys::JSON::stringify(v).unwrap().into()
+}
+
 fn options(base: &str, topics: &[&str]) -> Object {
     let o = Object::new();
     set(&o, "baseUrl", base);
@@ -188,6 +201,7 @@ async fn syncs_with_the_dev_server_in_node() {
         get(&first, "type").as_string().as_deref(),
         Some("bootstrapped")
     );
+    assert_eq!(keys(&first), ["type", "topic", "watermark", "docs"]);
     // Wait until live, then publish and receive the upsert.
     let mut live = false;
     for _ in 0..200 {
@@ -205,6 +219,36 @@ async fn syncs_with_the_dev_server_in_node() {
         .unwrap();
     }
     assert!(live, "never became live: {:?}", c.status());
+    let status = c.status();
+    assert_eq!(
+        keys(&status),
+        [
+            "state",
+            "transport",
+            "live",
+            "topics",
+            "lastError",
+            "nextRetryAt"
+        ]
+    );
+    assert!(get(&status, "lastError").is_null(), "{}", json(&status));
+    assert!(get(&status, "nextRetryAt").is_null(), "{}", json(&status));
+    let topic = Array::from(&get(&status, "topics")).get(0);
+    assert_eq!(
+        keys(&topic),
+        [
+            "topic",
+            "phase",
+            "watermark",
+            "head",
+            "replayProgress",
+            "snapshotDocs",
+            "resyncedFromWindow",
+            "error"
+        ]
+    );
+    assert_eq!(get(&topic, "phase").as_string().as_deref(), Some("live"));
+    assert!(get(&topic, "error").is_null(), "{}", json(&status));
     let key = format!("runtime/run_summary:node-{}", js_sys::Date::now());
     let body = format!(
         r#"{{"topic":"{TOPIC}","doc_key":"{key}","payload":{{"status":"running","n":1}}}}"#
@@ -217,12 +261,56 @@ async fn syncs_with_the_dev_server_in_node() {
         }
     };
     assert_eq!(get(&change, "type").as_string().as_deref(), Some("upsert"));
-    assert_eq!(get(&get(&change, "value"), "n").as_f64(), Some(1.0));
+    assert_eq!(
+        keys(&change),
+        ["type", "topic", "key", "version", "value", "watermark"]
+    );
+    assert_eq!(
+        json(&get(&change, "value")),
+        r#"{"status":"running","n":1}"#
+    );
     let doc = JsFuture::from(c.get(TOPIC.into(), key.clone()))
         .await
         .unwrap();
     assert_eq!(get(&doc, "version").as_f64(), Some(1.0));
+    let doc_members = [
+        "topic",
+        "key",
+        "version",
+        "value",
+        "payloadHash",
+        "watermark",
+        "verified",
+    ];
+    assert_eq!(keys(&doc), doc_members);
+    assert_eq!(json(&get(&doc, "value")), r#"{"status":"running","n":1}"#);
+    let list = Array::from(&JsFuture::from(c.list(TOPIC.into())).await.unwrap());
+    assert!(list.length() > 1);
+    assert_eq!(keys(&list.get(0)), doc_members);
     let m = c.metrics();
+    assert_eq!(
+        keys(&m),
+        [
+            "updatesApplied",
+            "duplicatesSkipped",
+            "gaps",
+            "hashMismatches",
+            "unverifiedDocs",
+            "staleCursors",
+            "snapshots",
+            "snapshotDocs",
+            "reconnects",
+            "connects",
+            "tokensFetched",
+            "hydrations",
+            "slowConsumer",
+            "batchesCommitted",
+            "framesReceived",
+            "bytesReceived",
+            "decodeErrors",
+            "catchUpMs"
+        ]
+    );
     assert_eq!(get(&m, "snapshots").as_f64(), Some(1.0));
     assert!(get(&m, "updatesApplied").as_f64().unwrap() >= 1.0);
     c.off_status(id);
@@ -444,6 +532,7 @@ async fn failing_token_providers_are_auth_failures() {
         }
         assert_eq!(state, "auth_failed", "{body}: {:?}", c.status());
         let err = get(&c.status(), "lastError");
+        assert_eq!(keys(&err), ["code", "message", "retryable"]);
         assert_eq!(
             get(&err, "code").as_string().as_deref(),
             Some("auth_failed"),
