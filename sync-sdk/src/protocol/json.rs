@@ -825,10 +825,7 @@ fn write_number(t: &str, out: &mut Vec<u8>) -> Res<()> {
             return Ok(());
         }
     }
-    let f: f64 = t.parse().map_err(|_| "invalid number".to_owned())?;
-    if !f.is_finite() {
-        return Err("number out of range".into());
-    }
+    let f = float::parse(t).ok_or_else(|| "number out of range".to_owned())?;
     out.extend_from_slice(zmij::Buffer::new().format_finite(f).as_bytes());
     Ok(())
 }
@@ -884,5 +881,6 @@ pub(crate) fn write_canonical(v: &Value<'_>, out: &mut Vec<u8>) -> Res<()> {
     Ok(())
 }
 
+mod float;
 #[cfg(test)]
 mod tests;
