@@ -1,15 +1,16 @@
 //! Rust ⇄ JS values: errors with stable codes, status, changes, documents, metrics, options.
 //!
-//! Outgoing values are built as JSON (serde) and parsed with `JSON.parse`, which keeps the
-//! glue small; document payloads are embedded as raw JSON text, so apps get objects, not
-//! strings. Watermarks and versions are JS numbers (exact up to 2^53).
+//! Outgoing values are written as JSON text by [`Json`] and parsed with `JSON.parse`, which
+//! keeps the glue small; document payloads are embedded as raw JSON text, so apps get
+//! objects, not strings. Watermarks and versions are JS numbers (exact up to 2^53). The
+//! objects are the ones the earlier `serde_json` serializer produced: same members in the
+//! same order, an empty optional member `null` (never absent), numbers in the same forms.
 
-use serde::Serialize;
-use serde_json::value::RawValue;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use khala_sync::engine::Millis;
+use khala_sync::protocol::json::{write_str, RawJson};
 use khala_sync::{
     Change, ConnectionState, Metrics, StoredDoc, SyncError, SyncStatus, TopicPhase, TopicStatus,
 };
@@ -33,32 +34,151 @@ pub(crate) fn config_error(message: impl Into<String>) -> JsValue {
     error(&SyncError::Config(message.into()))
 }
 
-fn to_js<T: Serialize>(v: &T) -> JsValue {
-    match serde_json::to_string(v) {
-        Ok(s) => js_sys::JSON::parse(&s).unwrap_or(JsValue::NULL),
-        Err(_) => JsValue::NULL,
+/// Compact JSON text under construction (outgoing values, IndexedDB records): values are
+/// written in call order and the commas are placed here (before a value or key that follows
+/// another one). Keys are written as given, so they must not need escaping. Deliberately not
+/// generic: one copy of each method serves every record and value.
+pub(crate) struct Json(Vec<u8>);
+
+impl Json {
+    pub(crate) fn new() -> Self {
+        Json(Vec::with_capacity(128))
+    }
+
+    /// A comma unless this is the first thing in the text, an object or an array, or a
+    /// member's value.
+    fn sep(&mut self) {
+        if !matches!(self.0.last(), None | Some(b'{' | b'[' | b':')) {
+            self.0.push(b',');
+        }
+    }
+
+    /// `text` as the next value (JSON text the caller vouches for).
+    fn lit(&mut self, text: &str) -> &mut Self {
+        self.sep();
+        self.0.extend_from_slice(text.as_bytes());
+        self
+    }
+
+    /// Opens an object (`{`) or array (`[`).
+    pub(crate) fn open(&mut self, bracket: char) -> &mut Self {
+        self.lit(if bracket == '[' { "[" } else { "{" })
+    }
+
+    /// Closes an object (`}`) or array (`]`).
+    pub(crate) fn close(&mut self, bracket: char) -> &mut Self {
+        self.0.push(if bracket == ']' { b']' } else { b'}' });
+        self
+    }
+
+    /// A member's key; its value comes next.
+    pub(crate) fn key(&mut self, key: &str) -> &mut Self {
+        self.sep();
+        self.0.push(b'"');
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+        self
+    }
+
+    pub(crate) fn null(&mut self) -> &mut Self {
+        self.lit("null")
+    }
+
+    pub(crate) fn bool(&mut self, v: bool) -> &mut Self {
+        self.lit(if v { "true" } else { "false" })
+    }
+
+    pub(crate) fn str(&mut self, v: &str) -> &mut Self {
+        self.sep();
+        write_str(v, &mut self.0);
+        self
+    }
+
+    pub(crate) fn opt_str(&mut self, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(v) => self.str(v),
+            None => self.null(),
+        }
+    }
+
+    pub(crate) fn uint(&mut self, mut v: u64) -> &mut Self {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.sep();
+        self.0.extend_from_slice(&digits[i..]);
+        self
+    }
+
+    pub(crate) fn opt_uint(&mut self, v: Option<u64>) -> &mut Self {
+        match v {
+            Some(v) => self.uint(v),
+            None => self.null(),
+        }
+    }
+
+    /// Shortest round-trip form (`serde_json`'s formatter); `null` if absent or not finite.
+    fn f64(&mut self, v: Option<f64>) -> &mut Self {
+        match v {
+            Some(v) if v.is_finite() => self.lit(zmij::Buffer::new().format_finite(v)),
+            _ => self.null(),
+        }
+    }
+
+    /// Shortest round-trip form of the `f32` (as `serde_json` writes one); `null` if absent or
+    /// not finite.
+    fn f32(&mut self, v: Option<f32>) -> &mut Self {
+        match v {
+            Some(v) if v.is_finite() => self.lit(zmij::Buffer::new().format_finite(v)),
+            _ => self.null(),
+        }
+    }
+
+    /// Embeds raw JSON text (a payload) as it is; `null` if it is not one JSON value (the
+    /// engine never stores such a payload). The SDK's check refuses nesting deeper than 128
+    /// levels, which engines before it stored (unverified): `JSON.parse` decides those.
+    fn raw(&mut self, text: &str) -> &mut Self {
+        if RawJson::from_string(text.to_owned()).is_ok() || js_sys::JSON::parse(text).is_ok() {
+            self.lit(text)
+        } else {
+            self.null()
+        }
+    }
+
+    /// The text (only whole `&str`s were appended, so it is UTF-8).
+    pub(crate) fn into_string(self) -> String {
+        String::from_utf8(self.0).unwrap_or_default()
+    }
+
+    /// The JS value of the text (`JSON.parse`).
+    fn into_js(self) -> JsValue {
+        js_sys::JSON::parse(&self.into_string()).unwrap_or(JsValue::NULL)
     }
 }
 
-/// Raw JSON text as an embeddable value (`null` if it is not valid JSON, which the engine
-/// never stores).
-fn raw(payload: &str) -> Box<RawValue> {
-    RawValue::from_string(payload.to_owned())
-        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).unwrap_or_default())
-}
-
-#[derive(Serialize)]
-struct JsErrorInfo<'a> {
-    code: &'a str,
-    message: String,
-    retryable: bool,
-}
-
-fn error_info(e: &SyncError) -> JsErrorInfo<'_> {
-    JsErrorInfo {
-        code: e.code(),
-        message: e.to_string(),
-        retryable: e.is_retryable(),
+/// `{code, message, retryable}` or `null`.
+fn error_info(j: &mut Json, e: Option<&SyncError>) {
+    match e {
+        Some(e) => {
+            j.open('{')
+                .key("code")
+                .str(e.code())
+                .key("message")
+                .str(&e.to_string())
+                .key("retryable")
+                .bool(e.is_retryable())
+                .close('}');
+        }
+        None => {
+            j.null();
+        }
     }
 }
 
@@ -87,208 +207,190 @@ fn phase_name(p: TopicPhase) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsTopicStatus<'a> {
-    topic: &'a str,
-    phase: &'static str,
-    watermark: u64,
-    head: Option<u64>,
-    replay_progress: Option<f32>,
-    snapshot_docs: u64,
-    resynced_from_window: bool,
-    error: Option<JsErrorInfo<'a>>,
+/// `{topic, phase, watermark, head, replayProgress, snapshotDocs, resyncedFromWindow, error}`.
+fn topic_status(j: &mut Json, t: &TopicStatus) {
+    j.open('{')
+        .key("topic")
+        .str(t.topic.as_str())
+        .key("phase")
+        .str(phase_name(t.phase))
+        .key("watermark")
+        .uint(t.watermark.0)
+        .key("head")
+        .opt_uint(t.head.map(|w| w.0))
+        .key("replayProgress")
+        .f32(t.replay_progress)
+        .key("snapshotDocs")
+        .uint(t.snapshot_docs)
+        .key("resyncedFromWindow")
+        .bool(t.resynced_from_window)
+        .key("error");
+    error_info(j, t.error.as_ref());
+    j.close('}');
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsStatus<'a> {
-    state: &'static str,
-    transport: &'static str,
-    live: bool,
-    topics: Vec<JsTopicStatus<'a>>,
-    last_error: Option<JsErrorInfo<'a>>,
-    /// `Date.now()`-based time of the next retry.
-    next_retry_at: Option<f64>,
-}
-
-fn topic_status(t: &TopicStatus) -> JsTopicStatus<'_> {
-    JsTopicStatus {
-        topic: t.topic.as_str(),
-        phase: phase_name(t.phase),
-        watermark: t.watermark.0,
-        head: t.head.map(|w| w.0),
-        replay_progress: t.replay_progress,
-        snapshot_docs: t.snapshot_docs,
-        resynced_from_window: t.resynced_from_window,
-        error: t.error.as_ref().map(error_info),
-    }
-}
-
-/// `origin_epoch_ms`: `Date.now()` at engine time 0, to turn engine deadlines into dates.
+/// `{state, transport, live, topics, lastError, nextRetryAt}`; `nextRetryAt` is the
+/// `Date.now()`-based time of the next retry, from `origin_epoch_ms`: `Date.now()` at engine
+/// time 0.
 pub(crate) fn status(s: &SyncStatus, origin_epoch_ms: f64) -> JsValue {
-    to_js(&JsStatus {
-        state: state_name(s.state),
-        transport: s.transport,
-        live: s.is_live(),
-        topics: s.topics.iter().map(topic_status).collect(),
-        last_error: s.last_error.as_ref().map(error_info),
-        next_retry_at: s
-            .next_retry_at
-            .map(|Millis(ms)| origin_epoch_ms + ms as f64),
-    })
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
-enum JsChange<'a> {
-    #[serde(rename_all = "camelCase")]
-    Upsert {
-        topic: &'a str,
-        key: &'a str,
-        version: u64,
-        value: Box<RawValue>,
-        watermark: u64,
-    },
-    #[serde(rename_all = "camelCase")]
-    Delete {
-        topic: &'a str,
-        key: &'a str,
-        watermark: u64,
-    },
-    #[serde(rename_all = "camelCase")]
-    Bootstrapped {
-        topic: &'a str,
-        watermark: u64,
-        docs: u64,
-    },
-    #[serde(rename_all = "camelCase")]
-    Truncated { topic: &'a str, from: u64, to: u64 },
+    let mut j = Json::new();
+    j.open('{')
+        .key("state")
+        .str(state_name(s.state))
+        .key("transport")
+        .str(s.transport)
+        .key("live")
+        .bool(s.is_live())
+        .key("topics")
+        .open('[');
+    for t in &s.topics {
+        topic_status(&mut j, t);
+    }
+    j.close(']').key("lastError");
+    error_info(&mut j, s.last_error.as_ref());
+    j.key("nextRetryAt")
+        .f64(
+            s.next_retry_at
+                .map(|Millis(ms)| origin_epoch_ms + ms as f64),
+        )
+        .close('}');
+    j.into_js()
 }
 
 /// `{type: "upsert"|"delete"|"bootstrapped"|"truncated", topic, key?, version?, value?,
 /// watermark?, docs?, from?, to?}`.
 pub(crate) fn change(c: &Change) -> JsValue {
-    to_js(&match c {
+    let mut j = Json::new();
+    j.open('{').key("type");
+    match c {
         Change::Upsert {
             topic,
             doc_key,
             doc_version,
             payload,
             watermark,
-        } => JsChange::Upsert {
-            topic: topic.as_str(),
-            key: doc_key.as_str(),
-            version: *doc_version,
-            value: raw(payload),
-            watermark: watermark.0,
-        },
+        } => {
+            j.str("upsert")
+                .key("topic")
+                .str(topic.as_str())
+                .key("key")
+                .str(doc_key.as_str())
+                .key("version")
+                .uint(*doc_version)
+                .key("value")
+                .raw(payload)
+                .key("watermark")
+                .uint(watermark.0);
+        }
         Change::Delete {
             topic,
             doc_key,
             watermark,
-        } => JsChange::Delete {
-            topic: topic.as_str(),
-            key: doc_key.as_str(),
-            watermark: watermark.0,
-        },
+        } => {
+            j.str("delete")
+                .key("topic")
+                .str(topic.as_str())
+                .key("key")
+                .str(doc_key.as_str())
+                .key("watermark")
+                .uint(watermark.0);
+        }
         Change::Bootstrapped {
             topic,
             watermark,
             docs,
-        } => JsChange::Bootstrapped {
-            topic: topic.as_str(),
-            watermark: watermark.0,
-            docs: *docs,
-        },
-        Change::Truncated { topic, from, to } => JsChange::Truncated {
-            topic: topic.as_str(),
-            from: from.0,
-            to: to.0,
-        },
-    })
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsDoc<'a> {
-    topic: &'a str,
-    key: &'a str,
-    version: u64,
-    value: Box<RawValue>,
-    /// Wire form (base64 sha256) or null.
-    payload_hash: Option<String>,
-    watermark: u64,
-    verified: bool,
-}
-
-fn js_doc(d: &StoredDoc) -> JsDoc<'_> {
-    JsDoc {
-        topic: d.topic.as_str(),
-        key: d.doc_key.as_str(),
-        version: d.doc_version,
-        value: raw(&d.payload),
-        payload_hash: d.payload_hash.map(|h| h.to_base64()),
-        watermark: d.watermark.0,
-        verified: d.verified,
+        } => {
+            j.str("bootstrapped")
+                .key("topic")
+                .str(topic.as_str())
+                .key("watermark")
+                .uint(watermark.0)
+                .key("docs")
+                .uint(*docs);
+        }
+        Change::Truncated { topic, from, to } => {
+            j.str("truncated")
+                .key("topic")
+                .str(topic.as_str())
+                .key("from")
+                .uint(from.0)
+                .key("to")
+                .uint(to.0);
+        }
     }
+    j.close('}');
+    j.into_js()
+}
+
+/// `{topic, key, version, value, payloadHash, watermark, verified}`; `payloadHash` is the
+/// wire form (base64 sha256) or `null`.
+fn js_doc(j: &mut Json, d: &StoredDoc) {
+    j.open('{')
+        .key("topic")
+        .str(d.topic.as_str())
+        .key("key")
+        .str(d.doc_key.as_str())
+        .key("version")
+        .uint(d.doc_version)
+        .key("value")
+        .raw(&d.payload)
+        .key("payloadHash")
+        .opt_str(d.payload_hash.map(|h| h.to_base64()).as_deref())
+        .key("watermark")
+        .uint(d.watermark.0)
+        .key("verified")
+        .bool(d.verified)
+        .close('}');
 }
 
 /// `{topic, key, version, value, payloadHash, watermark, verified}` or `null`.
 pub(crate) fn doc(d: Option<&StoredDoc>) -> JsValue {
-    d.map_or(JsValue::NULL, |d| to_js(&js_doc(d)))
+    let Some(d) = d else {
+        return JsValue::NULL;
+    };
+    let mut j = Json::new();
+    js_doc(&mut j, d);
+    j.into_js()
 }
 
 /// An array of documents.
 pub(crate) fn docs(d: &[StoredDoc]) -> JsValue {
-    to_js(&d.iter().map(js_doc).collect::<Vec<_>>())
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsMetrics {
-    updates_applied: u64,
-    duplicates_skipped: u64,
-    gaps: u64,
-    hash_mismatches: u64,
-    unverified_docs: u64,
-    stale_cursors: u64,
-    snapshots: u64,
-    snapshot_docs: u64,
-    reconnects: u64,
-    connects: u64,
-    tokens_fetched: u64,
-    hydrations: u64,
-    slow_consumer: u64,
-    batches_committed: u64,
-    frames_received: u64,
-    bytes_received: u64,
-    decode_errors: u64,
-    catch_up_ms: Option<u64>,
+    let mut j = Json::new();
+    j.open('[');
+    for d in d {
+        js_doc(&mut j, d);
+    }
+    j.close(']');
+    j.into_js()
 }
 
 /// Every engine counter, camelCased.
 pub(crate) fn metrics(m: &Metrics) -> JsValue {
-    to_js(&JsMetrics {
-        updates_applied: m.updates_applied,
-        duplicates_skipped: m.duplicates_skipped,
-        gaps: m.gaps,
-        hash_mismatches: m.hash_mismatches,
-        unverified_docs: m.unverified_docs,
-        stale_cursors: m.stale_cursors,
-        snapshots: m.snapshots,
-        snapshot_docs: m.snapshot_docs,
-        reconnects: m.reconnects,
-        connects: m.connects,
-        tokens_fetched: m.tokens_fetched,
-        hydrations: m.hydrations,
-        slow_consumer: m.slow_consumer,
-        batches_committed: m.batches_committed,
-        frames_received: m.frames_received,
-        bytes_received: m.bytes_received,
-        decode_errors: m.decode_errors,
-        catch_up_ms: m.catch_up_ms,
-    })
+    let mut j = Json::new();
+    j.open('{');
+    for (key, v) in [
+        ("updatesApplied", m.updates_applied),
+        ("duplicatesSkipped", m.duplicates_skipped),
+        ("gaps", m.gaps),
+        ("hashMismatches", m.hash_mismatches),
+        ("unverifiedDocs", m.unverified_docs),
+        ("staleCursors", m.stale_cursors),
+        ("snapshots", m.snapshots),
+        ("snapshotDocs", m.snapshot_docs),
+        ("reconnects", m.reconnects),
+        ("connects", m.connects),
+        ("tokensFetched", m.tokens_fetched),
+        ("hydrations", m.hydrations),
+        ("slowConsumer", m.slow_consumer),
+        ("batchesCommitted", m.batches_committed),
+        ("framesReceived", m.frames_received),
+        ("bytesReceived", m.bytes_received),
+        ("decodeErrors", m.decode_errors),
+    ] {
+        j.key(key).uint(v);
+    }
+    j.key("catchUpMs").opt_uint(m.catch_up_ms).close('}');
+    j.into_js()
 }
 
 // ---------------------------------------------------------------------------------------

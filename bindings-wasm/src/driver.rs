@@ -560,8 +560,7 @@ impl Running {
             TokenSource::Credentials(creds) => {
                 let creds = creds.clone();
                 let url = self.d.token_url.clone();
-                let body =
-                    serde_json::to_string(&self.d.token_request).unwrap_or_else(|_| "{}".into());
+                let body = self.d.token_request.to_json();
                 self.spawn_event(async move {
                     let r = match app_headers(&creds).await {
                         Ok(mut headers) => {

@@ -37,7 +37,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use js_sys::{Array, Promise};
-use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
@@ -45,11 +44,14 @@ use web_sys::{
     IdbRequest, IdbTransaction, IdbTransactionMode,
 };
 
+use khala_sync::protocol::json::{self, Obj, Res, Value};
 use khala_sync::protocol::{DocKey, PayloadHash, Topic, Watermark};
 use khala_sync::store::{
     ApplyBatch, ApplyOutcome, DocWrite, Identity, IdentityCheck, SnapshotGen, Store, StoreError,
     StoreFuture, StoredDoc,
 };
+
+use crate::convert::Json;
 
 const DOCS: &str = "docs";
 const TOPICS: &str = "topics";
@@ -138,7 +140,12 @@ fn result_of(req: &IdbRequest) -> Result<JsValue, StoreError> {
     req.result().map_err(js_err)
 }
 
-#[derive(Serialize, Deserialize)]
+// Records are JSON strings (the format the `serde_json`-based versions wrote, which existing
+// databases hold): written with `convert::Json`, read with the SDK's JSON reader. Members not
+// listed are ignored; an `Option` is written `null` and read from `null` or an absent member.
+
+/// A document: `{"k": key, "v": version, "p": payload text, "h": hash or null, "w": watermark,
+/// "ok": verified}`.
 struct DocRec {
     k: String,
     v: u64,
@@ -148,42 +155,145 @@ struct DocRec {
     ok: bool,
 }
 
-#[derive(Serialize, Deserialize, Default, Clone, Copy)]
+/// A topic: `{"w": watermark, "c": visible generation, "g": staged generation or null}`.
+#[derive(Default, Clone, Copy)]
 struct TopicRec {
     /// Committed watermark.
     w: u64,
-    /// Visible generation (0 before the first snapshot).
-    #[serde(default)]
+    /// Visible generation (0 before the first snapshot; absent in records written before
+    /// generations existed).
     c: u64,
     /// Staged (unfinished) generation.
     g: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize, PartialEq)]
+/// The bound identity: `{"server", "subject": string or null, "org": string or null}`.
+#[derive(PartialEq)]
 struct IdentityRec {
     server: String,
     subject: Option<String>,
     org: Option<String>,
 }
 
-fn to_value<T: Serialize>(v: &T) -> Result<JsValue, StoreError> {
-    serde_json::to_string(v)
-        .map(|s| JsValue::from_str(&s))
-        .map_err(|e| StoreError::Other(format!("encode: {e}")))
+fn text(j: Json) -> JsValue {
+    JsValue::from_str(&j.into_string())
 }
 
-/// Decodes a stored record; `undefined` (no record) is `None`.
-fn from_value<T: for<'de> Deserialize<'de>>(
+/// A required string member.
+fn str_field(o: &mut Obj<'_>, key: &str) -> Res<String> {
+    json::string(json::take(o, key)?, key)
+}
+
+/// A required non-negative integer member.
+fn uint_field(o: &mut Obj<'_>, key: &str) -> Res<u64> {
+    json::uint(&json::take(o, key)?, key)
+}
+
+impl DocRec {
+    fn decode(s: &str) -> Res<Self> {
+        let mut o = json::object(s)?;
+        Ok(DocRec {
+            k: str_field(&mut o, "k")?,
+            v: uint_field(&mut o, "v")?,
+            p: str_field(&mut o, "p")?,
+            h: json::opt_string(&mut o, "h")?,
+            w: uint_field(&mut o, "w")?,
+            ok: match json::take(&mut o, "ok")? {
+                Value::Bool(b) => b,
+                _ => return Err("ok".into()),
+            },
+        })
+    }
+}
+
+/// The stored record of a document write.
+fn doc_value(w: &DocWrite, payload: &str) -> JsValue {
+    let mut j = Json::new();
+    j.open('{')
+        .key("k")
+        .str(w.doc_key.as_str())
+        .key("v")
+        .uint(w.doc_version)
+        .key("p")
+        .str(payload)
+        .key("h")
+        .opt_str(w.payload_hash.map(|h| h.to_base64()).as_deref())
+        .key("w")
+        .uint(w.watermark.0)
+        .key("ok")
+        .bool(w.verified)
+        .close('}');
+    text(j)
+}
+
+impl TopicRec {
+    fn decode(s: &str) -> Res<Self> {
+        let mut o = json::object(s)?;
+        Ok(TopicRec {
+            w: uint_field(&mut o, "w")?,
+            c: match o.remove("c") {
+                Some(c) => json::uint(&c, "c")?,
+                None => 0,
+            },
+            g: json::opt_uint(&mut o, "g")?,
+        })
+    }
+
+    fn value(&self) -> JsValue {
+        let mut j = Json::new();
+        j.open('{')
+            .key("w")
+            .uint(self.w)
+            .key("c")
+            .uint(self.c)
+            .key("g")
+            .opt_uint(self.g)
+            .close('}');
+        text(j)
+    }
+}
+
+impl IdentityRec {
+    fn decode(s: &str) -> Res<Self> {
+        let mut o = json::object(s)?;
+        Ok(IdentityRec {
+            server: str_field(&mut o, "server")?,
+            subject: json::opt_string(&mut o, "subject")?,
+            org: json::opt_string(&mut o, "org")?,
+        })
+    }
+
+    fn value(&self) -> JsValue {
+        let mut j = Json::new();
+        j.open('{')
+            .key("server")
+            .str(&self.server)
+            .key("subject")
+            .opt_str(self.subject.as_deref())
+            .key("org")
+            .opt_str(self.org.as_deref())
+            .close('}');
+        text(j)
+    }
+}
+
+/// `last_gen`: a bare integer.
+fn decode_gen(s: &str) -> Res<u64> {
+    json::uint(&json::parse(s)?, "last_gen")
+}
+
+/// Decodes a stored record with `decode`; `undefined` (no record) is `None`, anything that
+/// does not decode is [`StoreError::Corrupt`].
+fn from_value<T>(
     v: &JsValue,
     what: &str,
+    decode: fn(&str) -> Res<T>,
 ) -> Result<Option<T>, StoreError> {
     if v.is_undefined() {
         return Ok(None);
     }
     let s = v.as_string().ok_or_else(|| corrupt(what))?;
-    serde_json::from_str(&s)
-        .map(Some)
-        .map_err(|_| corrupt(what))
+    decode(&s).map(Some).map_err(|_| corrupt(what))
 }
 
 fn str_key(s: &str) -> JsValue {
@@ -207,17 +317,6 @@ fn gen_range(topic: &Topic, generation: u64) -> Result<JsValue, StoreError> {
     IdbKeyRange::bound(&Array::of2(&t, &g), &Array::of3(&t, &g, &Array::new()))
         .map(Into::into)
         .map_err(js_err)
-}
-
-fn rec_of(w: &DocWrite, payload: &str) -> DocRec {
-    DocRec {
-        k: w.doc_key.as_str().to_owned(),
-        v: w.doc_version,
-        p: payload.to_owned(),
-        h: w.payload_hash.map(|h| h.to_base64()),
-        w: w.watermark.0,
-        ok: w.verified,
-    }
 }
 
 fn stored_doc(topic: &Topic, r: DocRec) -> Result<StoredDoc, StoreError> {
@@ -267,7 +366,7 @@ impl Tx {
 
 async fn topic_rec(store: &IdbObjectStore, topic: &Topic) -> Result<Option<TopicRec>, StoreError> {
     let v = wait(&store.get(&str_key(topic.as_str())).map_err(js_err)?).await?;
-    from_value(&v, "topic")
+    from_value(&v, "topic", TopicRec::decode)
 }
 
 fn put(store: &IdbObjectStore, value: &JsValue, key: &JsValue) -> Result<(), StoreError> {
@@ -294,7 +393,7 @@ async fn write_docs(
     }
     let mut current: HashMap<&str, Option<u64>> = HashMap::with_capacity(writes.len());
     for (w, r) in writes.iter().zip(&reads) {
-        let v = from_value::<DocRec>(&result_of(r)?, "doc")?.map(|d| d.v);
+        let v = from_value(&result_of(r)?, "doc", DocRec::decode)?.map(|d| d.v);
         // A key written twice in one batch: the first read is the stored state.
         current.entry(w.doc_key.as_str()).or_insert(v);
     }
@@ -310,7 +409,7 @@ async fn write_docs(
                 };
                 if newer {
                     *slot = Some(w.doc_version);
-                    put(store, &to_value(&rec_of(w, p))?, &key)?;
+                    put(store, &doc_value(w, p), &key)?;
                 }
                 applied.push(newer);
             }
@@ -429,7 +528,7 @@ impl IdbStore {
             };
             let key = str_key("identity");
             let current = wait(&meta.get(&key).map_err(js_err)?).await?;
-            let check = match from_value::<IdentityRec>(&current, "identity")? {
+            let check = match from_value(&current, "identity", IdentityRec::decode)? {
                 None => IdentityCheck::Fresh,
                 Some(current) if current == new => return Ok(IdentityCheck::Same),
                 Some(_) => {
@@ -439,7 +538,7 @@ impl IdbStore {
                     IdentityCheck::Replaced
                 }
             };
-            put(&meta, &to_value(&new)?, &key)?;
+            put(&meta, &new.value(), &key)?;
             Ok(check)
         }
         .await;
@@ -459,7 +558,8 @@ impl IdbStore {
             for (k, v) in keys.iter().zip(values.iter()) {
                 let name = k.as_string().ok_or_else(|| corrupt("topic key"))?;
                 let topic = Topic::new(name).map_err(|_| corrupt("topic key"))?;
-                let rec = from_value::<TopicRec>(&v, "topic")?.ok_or_else(|| corrupt("topic"))?;
+                let rec =
+                    from_value(&v, "topic", TopicRec::decode)?.ok_or_else(|| corrupt("topic"))?;
                 out.push((topic, Watermark(rec.w)));
             }
             out.sort();
@@ -494,7 +594,7 @@ impl IdbStore {
                 .map(|(i, _)| i)
                 .collect();
             rec.w = batch.new_watermark.0;
-            put(&topics, &to_value(&rec)?, &str_key(batch.topic.as_str()))?;
+            put(&topics, &rec.value(), &str_key(batch.topic.as_str()))?;
             Ok(ApplyOutcome {
                 watermark: batch.new_watermark,
                 kept_local,
@@ -510,8 +610,10 @@ impl IdbStore {
             let meta = tx.store(META)?;
             let key = str_key("last_gen");
             let last = wait(&meta.get(&key).map_err(js_err)?).await?;
-            let generation = from_value::<u64>(&last, "last_gen")?.unwrap_or(0) + 1;
-            put(&meta, &to_value(&generation)?, &key)?;
+            let generation = from_value(&last, "last_gen", decode_gen)?.unwrap_or(0) + 1;
+            let mut j = Json::new();
+            j.uint(generation);
+            put(&meta, &text(j), &key)?;
             let topics = tx.store(TOPICS)?;
             let mut rec = topic_rec(&topics, &topic).await?.unwrap_or_default();
             // Discard any unfinished generation of this topic.
@@ -521,7 +623,7 @@ impl IdbStore {
                     .map_err(js_err)?;
             }
             rec.g = Some(generation);
-            put(&topics, &to_value(&rec)?, &str_key(topic.as_str()))?;
+            put(&topics, &rec.value(), &str_key(topic.as_str()))?;
             Ok(SnapshotGen(generation))
         }
         .await;
@@ -576,7 +678,7 @@ impl IdbStore {
             rec.c = generation.0;
             rec.w = snapshot_watermark.0;
             rec.g = None;
-            put(&topics, &to_value(&rec)?, &str_key(topic.as_str()))?;
+            put(&topics, &rec.value(), &str_key(topic.as_str()))?;
             Ok(())
         }
         .await;
@@ -595,7 +697,7 @@ impl IdbStore {
             };
             let key = key3(&topic, rec.c, doc_key.as_str());
             let v = wait(&tx.store(DOCS)?.get(&key).map_err(js_err)?).await?;
-            from_value::<DocRec>(&v, "doc")?
+            from_value(&v, "doc", DocRec::decode)?
                 .map(|d| stored_doc(&topic, d))
                 .transpose()
         }
@@ -616,7 +718,7 @@ impl IdbStore {
             let mut out = rows
                 .iter()
                 .map(|v| {
-                    let d = from_value::<DocRec>(&v, "doc")?.ok_or_else(|| corrupt("doc"))?;
+                    let d = from_value(&v, "doc", DocRec::decode)?.ok_or_else(|| corrupt("doc"))?;
                     stored_doc(&topic, d)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
