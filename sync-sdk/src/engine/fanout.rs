@@ -410,12 +410,11 @@ impl Engine {
         };
         if now.since(f.last_rx) >= self.cfg.dead_after {
             self.actions.push_back(Action::Close(id));
-            let secs = self.cfg.dead_after.as_secs_f64();
+            // Milliseconds as an integer: no float formatting in the web package for one message.
+            let ms = self.cfg.dead_after.as_millis();
             self.f_on_disconnected(
                 i,
-                format!(
-                    "connection dead: fanout socket silent for {secs:.1} s (no frame, no pong)"
-                ),
+                format!("connection dead: fanout socket silent for {ms} ms (no frame, no pong)"),
             );
         } else if now >= f.ping_at {
             f.ping_at = now.after(self.cfg.heartbeat_interval);
