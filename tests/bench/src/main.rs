@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use khala_dev_server::{DevServer, DevServerConfig, Principal, PublishItem, TestToken, TopicSpec};
+use khala_sync::protocol::phoenix::{self, ServerMessage};
+use khala_sync::protocol::{hash, DecodeLimits, PayloadHash};
 use khala_sync::store::{SqliteOptions, SqliteStore, Store};
 use khala_sync::{Change, ClientOptions, ConnectionState, SyncClient, Topic};
 use serde_json::value::RawValue;
@@ -535,6 +537,10 @@ async fn main() {
         note: format!("{} commits; {}", four.batches, four.cpu_note()),
     });
 
+    // 4b. Frame decoding alone, in this process (no IO): the raw program's serde_json parse
+    // against the SDK's reader, on the same frames.
+    decode_rows(updates / 5, &mut rows, &mut failures);
+
     // 5. The old stack.
     if !cli.no_node {
         match node_old_stack(&server, &token, dir.path(), head_one).await {
@@ -601,14 +607,95 @@ async fn main() {
     );
     match wasm_size() {
         Some((raw_b, gz)) => println!(
-            "| wasm package (khala_sync_wasm_bg.wasm, -Oz) | | | {:.1} KB raw, {:.1} KB gzipped | | |",
-            raw_b as f64 / 1024.0,
-            gz as f64 / 1024.0
+            "| wasm package (khala_sync_wasm_bg.wasm, -Oz) | | | {raw_b} B raw, {gz} B gzipped (target 150,000) | | |"
         ),
         None => println!("| wasm package | | | not built (run bindings-wasm/scripts/build.sh) | | |"),
     }
     exit_on_failures(&failures);
     println!("\ncorrectness: every catch-up and bootstrap copy equals the server's");
+}
+
+/// Rows 4b: `sync:update_batch` frames shaped like the dev server's (200 updates, the bench
+/// payloads, `payload_hash` set) decoded by the raw program's borrowed serde types, by the
+/// SDK's decoder, and by the SDK's decoder plus the hash check of every payload. Best of three
+/// passes each (CPU only; the other rows' numbers include the socket and the store).
+fn decode_rows(updates: u64, rows: &mut Vec<Row>, failures: &mut Vec<String>) {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let frames: Vec<String> = (0..updates / 200)
+        .map(|f| {
+            let ups: Vec<String> = (0..200u64)
+                .map(|k| {
+                    let w = f * 200 + k + 1;
+                    let p = payload(&mut rng, w);
+                    let hash = PayloadHash::of_canonical(p.get().as_bytes()).to_base64();
+                    format!(
+                        r#"{{"topic":"{ONE}","doc_key":"{ONE}/doc:{:05}","doc_version":{w},"payload":{},"payload_hash":"{hash}","watermark":{w}}}"#,
+                        rng.u64(0..10_000),
+                        p.get()
+                    )
+                })
+                .collect();
+            format!(
+                r#"[null,null,"sync:v1","sync:update_batch",{{"updates":[{}],"replay_complete":false,"head_watermarks":[{{"topic":"{ONE}","watermark":{}}}]}}]"#,
+                ups.join(","),
+                updates
+            )
+        })
+        .collect();
+    let limits = DecodeLimits::default();
+    let best = |f: &dyn Fn(&str) -> usize| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let n: usize = frames.iter().map(|s| f(s)).sum();
+                (t.elapsed(), n)
+            })
+            .min_by_key(|r| r.0)
+            .unwrap_or_default()
+    };
+    let sdk = |s: &str, check: bool| match phoenix::decode(s, &limits) {
+        Ok(ServerMessage::UpdateBatch(b)) => b
+            .updates
+            .iter()
+            .filter(|u| {
+                !check
+                    || u.payload
+                        .as_ref()
+                        .is_some_and(|p| hash::matches(p.get(), u.payload_hash.as_ref()))
+            })
+            .count(),
+        _ => 0,
+    };
+    let results = [
+        (
+            "frame decode only: serde_json borrowed types (the raw program's parse)",
+            best(&|s| raw::decode_frame(s).unwrap_or(0)),
+        ),
+        (
+            "frame decode only: khala-sync reader (`phoenix::decode`)",
+            best(&|s| sdk(s, false)),
+        ),
+        (
+            "frame decode + payload hash check: khala-sync",
+            best(&|s| sdk(s, true)),
+        ),
+    ];
+    let base = results[0].1 .0.as_secs_f64();
+    for (name, (time, n)) in results {
+        if n as u64 != updates {
+            failures.push(format!("{name}: {n} of {updates} updates decoded"));
+        }
+        rows.push(Row {
+            name: name.into(),
+            updates,
+            time,
+            rss_kib: None,
+            note: format!(
+                "in process, best of 3; {:.2}x the serde_json parse",
+                base / time.as_secs_f64()
+            ),
+        });
+    }
 }
 
 /// Row 6: snapshot bootstrap of `snapshot_docs` documents vs a raw bulk insert of the same rows.

@@ -37,6 +37,21 @@ struct Frame<'a>(
     #[serde(borrow)] &'a RawValue,
 );
 
+/// The raw program's parse of one text frame (envelope, then the batch, both borrowed serde
+/// types): the number of updates it holds. For the in-process decode row.
+pub fn decode_frame(text: &str) -> Result<usize, String> {
+    let frame: Frame<'_> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if frame.3 != "sync:update_batch" {
+        return Ok(0);
+    }
+    let batch: Batch<'_> = serde_json::from_str(frame.4.get()).map_err(|e| e.to_string())?;
+    Ok(batch
+        .updates
+        .iter()
+        .filter(|u| !u.topic.is_empty() && u.doc_version > 0 && u.payload.is_some())
+        .count())
+}
+
 /// Consumes `topic` from `resume_after` until `until`; returns the elapsed time.
 pub async fn run(
     socket_url: &str,
