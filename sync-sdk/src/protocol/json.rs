@@ -2,20 +2,20 @@
 //! `serde_json`'s parser plus one derived visitor per wire type.
 //!
 //! Two shapes over the same scanner:
-//! - [`Reader`], a streaming pull reader for the hot wire types (update batches, snapshot
+//! - `Reader` (crate-internal), a streaming pull reader for the hot wire types (update batches, snapshot
 //!   pages, fanout messages): one pass, borrowed strings, a payload kept as the exact span of
 //!   its raw bytes ([`RawJson`]), no tree;
 //! - [`Value`], a small borrowed tree for cold bodies (token, errors, claims, replies), walked
-//!   with the helpers below ([`take`], [`opt`], [`list`]…); it also feeds the canonical JSON
+//!   with the helpers below ([`take`], [`opt`], `list`…); it also feeds the canonical JSON
 //!   of `payload_hash` (object members sorted, numbers in `serde_json`'s forms).
 //!
 //! Why not `serde_json`: its parser, `Value`, `RawValue` machinery and the derived visitors
 //! were the largest part of the web package (bindings-wasm README, "Bundle size"). The
 //! accepted language is the same (the tests compare both on generated documents): strict
 //! grammar, no trailing commas or comments, control characters refused inside strings, lone
-//! surrogate escapes refused when a string is decoded, nesting limited to 128 levels (a payload nested deeper is a malformed frame;
-//! `serde_json` kept it raw but could not canonicalise it).
-//! Duplicate object keys: the hot decoders refuse a known field given twice; in a [`Value`]
+//! surrogate escapes refused when a string is decoded, nesting limited to 128 levels (a
+//! payload nested deeper is a malformed frame; `serde_json` kept it raw but could not
+//! canonicalise it). Duplicate object keys: the hot decoders refuse a known field given twice; in a [`Value`]
 //! the last one wins (as in `serde_json::Value`). Errors name the field and the byte offset,
 //! never a value (token bodies carry secrets).
 
@@ -598,7 +598,8 @@ impl<'a> Obj<'a> {
     /// Removes and returns the field (the last one, if the key repeats).
     pub fn remove(&mut self, key: &str) -> Option<Value<'a>> {
         let pos = self.0.iter().rposition(|(k, _)| k == key)?;
-        let v = self.0.swap_remove(pos).1;
+        // Order-preserving: for the other keys, the last occurrence must stay the last.
+        let v = self.0.remove(pos).1;
         self.0.retain(|(k, _)| k != key);
         Some(v)
     }

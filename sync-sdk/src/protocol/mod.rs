@@ -20,7 +20,5 @@ pub use update::{
     UpgradeRequired, UPGRADE_CODES,
 };
 
-/// JSON text: the SDK's reader (crate-internal), [`RawJson`] and the string writer the
-/// bindings share.
 pub mod json;
 pub use json::RawJson;

@@ -121,17 +121,22 @@ pub struct HeartbeatOk {
 }
 
 /// The fields the reply bodies share: `subscription_id`, a topic list under `topics_key`,
-/// and a watermark list under `marks_key` (each absent = empty).
+/// and a watermark list under `marks_key` (each absent = empty; a body without one of the
+/// lists passes `None` and skips that key like any other).
 type ReplyFields = (Option<String>, Vec<Topic>, Vec<TopicWatermark>);
 
-fn read_reply(r: &mut Reader<'_>, topics_key: &str, marks_key: &str) -> Res<ReplyFields> {
+fn read_reply(
+    r: &mut Reader<'_>,
+    topics_key: Option<&str>,
+    marks_key: Option<&str>,
+) -> Res<ReplyFields> {
     let (mut id, mut topics, mut marks) = (None, None, None);
     r.object(&mut |r, k| {
         if k == "subscription_id" {
             set(&mut id, r.opt_str(k)?.map(String::from), k)
-        } else if k == topics_key {
+        } else if Some(k) == topics_key {
             set(&mut topics, json::read_topics(r, k)?, k)
-        } else if k == marks_key {
+        } else if Some(k) == marks_key {
             set(&mut marks, json::read_watermarks(r, k)?, k)
         } else {
             r.skip()
@@ -148,7 +153,7 @@ impl ReplyBody for JoinOk {
     fn from_text(text: &str) -> Res<Self> {
         let r = &mut Reader::new(text);
         let (subscription_id, allowed_topics, current_watermarks) =
-            read_reply(r, "allowed_topics", "current_watermarks")?;
+            read_reply(r, Some("allowed_topics"), Some("current_watermarks"))?;
         r.end()?;
         Ok(JoinOk {
             subscription_id,
@@ -162,7 +167,7 @@ impl ReplyBody for SubscribeOk {
     fn from_text(text: &str) -> Res<Self> {
         let r = &mut Reader::new(text);
         let (subscription_id, topics, current_watermarks) =
-            read_reply(r, "topics", "current_watermarks")?;
+            read_reply(r, Some("topics"), Some("current_watermarks"))?;
         r.end()?;
         Ok(SubscribeOk {
             subscription_id,
@@ -175,7 +180,7 @@ impl ReplyBody for SubscribeOk {
 impl ReplyBody for UnsubscribeOk {
     fn from_text(text: &str) -> Res<Self> {
         let r = &mut Reader::new(text);
-        let (_, topics, _) = read_reply(r, "topics", "")?;
+        let (_, topics, _) = read_reply(r, Some("topics"), None)?;
         r.end()?;
         Ok(UnsubscribeOk { topics })
     }
@@ -184,7 +189,7 @@ impl ReplyBody for UnsubscribeOk {
 impl ReplyBody for HeartbeatOk {
     fn from_text(text: &str) -> Res<Self> {
         let r = &mut Reader::new(text);
-        let (_, _, watermarks) = read_reply(r, "", "watermarks")?;
+        let (_, _, watermarks) = read_reply(r, None, Some("watermarks"))?;
         r.end()?;
         Ok(HeartbeatOk { watermarks })
     }

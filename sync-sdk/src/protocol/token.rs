@@ -330,6 +330,32 @@ mod provided_tests {
     use super::*;
 
     #[test]
+    fn request_body_is_what_the_derived_serialize_writes() {
+        let topic = |t: &str| Topic::new(t).unwrap();
+        let requests = [
+            TokenRequest::default(),
+            TokenRequest {
+                ttl_seconds: Some(300),
+                ..TokenRequest::default()
+            },
+            TokenRequest {
+                scopes: Some(vec![]),
+                topics: Some(vec![]),
+                ..TokenRequest::default()
+            },
+            TokenRequest {
+                scopes: Some(vec!["runtime.run_events".into(), "q\"uote\\é\n".into()]),
+                topics: Some(vec![topic("run:r1:events"), topic("a\"b")]),
+                ttl_seconds: Some(900),
+                device_id: Some("ios:9F2C\u{1}".into()),
+            },
+        ];
+        for r in requests {
+            assert_eq!(r.to_json(), serde_json::to_string(&r).unwrap(), "{r:?}");
+        }
+    }
+
+    #[test]
     fn reads_claims_without_verifying() {
         use base64::Engine as _;
         let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);

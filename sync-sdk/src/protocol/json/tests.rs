@@ -196,6 +196,16 @@ fn uint_and_field_errors() {
 }
 
 #[test]
+fn a_repeated_key_keeps_its_last_value_after_other_removals() {
+    let mut o = object(r#"{"a":1,"b":2,"c":3,"b":4}"#).unwrap();
+    assert_eq!(take(&mut o, "a").unwrap(), Value::Num("1"));
+    assert_eq!(o.get("b"), Some(&Value::Num("4")));
+    assert_eq!(take(&mut o, "b").unwrap(), Value::Num("4"));
+    assert_eq!(o.get("b"), None);
+    assert_eq!(take(&mut o, "c").unwrap(), Value::Num("3"));
+}
+
+#[test]
 fn raw_json_checks_its_text() {
     assert_eq!(
         RawJson::from_string(" {\"a\":1} ".into()).unwrap().get(),
