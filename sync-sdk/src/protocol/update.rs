@@ -312,7 +312,7 @@ pub const UPGRADE_CODES: &[&str] = &[
 ];
 
 impl ServerError {
-    /// Decodes an error object `{ "code": …, … }`: one parse into a `serde_json::Value`
+    /// Decodes an error object `{ "code": …, … }`: one parse into a `json::Value` tree
     /// and a walk over it (`protocol::json`), not a derived visitor per error shape.
     pub fn from_json(text: &str) -> Result<ServerError, super::ProtocolError> {
         let mut o =
