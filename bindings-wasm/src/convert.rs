@@ -145,7 +145,7 @@ impl Json {
     /// engine never stores such a payload). The SDK's check refuses nesting deeper than 128
     /// levels, which engines before it stored (unverified): `JSON.parse` decides those.
     fn raw(&mut self, text: &str) -> &mut Self {
-        if RawJson::from_string(text.to_owned()).is_ok() || js_sys::JSON::parse(text).is_ok() {
+        if RawJson::check(text).is_ok() || js_sys::JSON::parse(text).is_ok() {
             self.lit(text)
         } else {
             self.null()

@@ -40,11 +40,17 @@ pub struct RawJson(Box<str>);
 impl RawJson {
     /// Checks `text` (one JSON value, surrounding whitespace allowed and kept) and wraps it.
     pub fn from_string(text: String) -> Result<Self, ProtocolError> {
-        let mut r = Reader::new(&text);
+        Self::check(&text)?;
+        Ok(RawJson(text.into_boxed_str()))
+    }
+
+    /// Checks that `text` is one JSON value (surrounding whitespace allowed), without
+    /// copying it.
+    pub fn check(text: &str) -> Result<(), ProtocolError> {
+        let mut r = Reader::new(text);
         r.skip()
             .and_then(|()| r.end())
-            .map_err(|e| ProtocolError::malformed("raw json", e))?;
-        Ok(RawJson(text.into_boxed_str()))
+            .map_err(|e| ProtocolError::malformed("raw json", e))
     }
 
     /// A span [`Reader::raw`] already checked.

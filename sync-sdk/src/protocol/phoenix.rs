@@ -125,22 +125,20 @@ pub struct HeartbeatOk {
 /// lists passes `None` and skips that key like any other).
 type ReplyFields = (Option<String>, Vec<Topic>, Vec<TopicWatermark>);
 
-fn read_reply(
-    r: &mut Reader<'_>,
-    topics_key: Option<&str>,
-    marks_key: Option<&str>,
-) -> Res<ReplyFields> {
+fn read_reply(text: &str, topics_key: Option<&str>, marks_key: Option<&str>) -> Res<ReplyFields> {
     let (mut id, mut topics, mut marks) = (None, None, None);
-    r.object(&mut |r, k| {
-        if k == "subscription_id" {
-            set(&mut id, r.opt_str(k)?.map(String::from), k)
-        } else if Some(k) == topics_key {
-            set(&mut topics, json::read_topics(r, k)?, k)
-        } else if Some(k) == marks_key {
-            set(&mut marks, json::read_watermarks(r, k)?, k)
-        } else {
-            r.skip()
-        }
+    json::read_all(text, |r| {
+        r.object(&mut |r, k| {
+            if k == "subscription_id" {
+                set(&mut id, r.opt_str(k)?.map(String::from), k)
+            } else if Some(k) == topics_key {
+                set(&mut topics, json::read_topics(r, k)?, k)
+            } else if Some(k) == marks_key {
+                set(&mut marks, json::read_watermarks(r, k)?, k)
+            } else {
+                r.skip()
+            }
+        })
     })?;
     Ok((
         id.flatten(),
@@ -151,10 +149,8 @@ fn read_reply(
 
 impl ReplyBody for JoinOk {
     fn from_text(text: &str) -> Res<Self> {
-        let r = &mut Reader::new(text);
         let (subscription_id, allowed_topics, current_watermarks) =
-            read_reply(r, Some("allowed_topics"), Some("current_watermarks"))?;
-        r.end()?;
+            read_reply(text, Some("allowed_topics"), Some("current_watermarks"))?;
         Ok(JoinOk {
             subscription_id,
             allowed_topics,
@@ -165,10 +161,8 @@ impl ReplyBody for JoinOk {
 
 impl ReplyBody for SubscribeOk {
     fn from_text(text: &str) -> Res<Self> {
-        let r = &mut Reader::new(text);
         let (subscription_id, topics, current_watermarks) =
-            read_reply(r, Some("topics"), Some("current_watermarks"))?;
-        r.end()?;
+            read_reply(text, Some("topics"), Some("current_watermarks"))?;
         Ok(SubscribeOk {
             subscription_id,
             topics,
@@ -179,18 +173,14 @@ impl ReplyBody for SubscribeOk {
 
 impl ReplyBody for UnsubscribeOk {
     fn from_text(text: &str) -> Res<Self> {
-        let r = &mut Reader::new(text);
-        let (_, topics, _) = read_reply(r, Some("topics"), None)?;
-        r.end()?;
+        let (_, topics, _) = read_reply(text, Some("topics"), None)?;
         Ok(UnsubscribeOk { topics })
     }
 }
 
 impl ReplyBody for HeartbeatOk {
     fn from_text(text: &str) -> Res<Self> {
-        let r = &mut Reader::new(text);
-        let (_, _, watermarks) = read_reply(r, None, Some("watermarks"))?;
-        r.end()?;
+        let (_, _, watermarks) = read_reply(text, None, Some("watermarks"))?;
         Ok(HeartbeatOk { watermarks })
     }
 }
